@@ -1,0 +1,102 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from training.augment import SegmentationAugment
+from training.datasets import (CAMVID_VOID, DEFAULT_CAMVID, DEFAULT_FASHION_MNIST, CamVid, DatasetError,
+                               FashionMNIST, enet_class_weights, read_idx)
+
+needs_camvid = pytest.mark.skipif(not (DEFAULT_CAMVID / "train.txt").is_file(), reason="no ../shared/datasets/camvid")
+needs_fashion = pytest.mark.skipif(not DEFAULT_FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed")
+
+
+@needs_camvid
+def test_camvid_reads_the_shared_split():
+    val = CamVid(DEFAULT_CAMVID, "val", limit=3)
+    assert len(val) == 3
+    image, label = val[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 360, 480)
+    assert label.dtype == torch.uint8 and label.shape == (360, 480)
+    assert int(label.max()) <= CAMVID_VOID
+    freq = val.class_frequencies()
+    assert freq.shape == (11,) and float(freq.sum()) == pytest.approx(1.0)
+
+
+@needs_camvid
+def test_camvid_split_sizes():
+    assert len((DEFAULT_CAMVID / "train.txt").read_text().split("\n")[:-1]) == 367
+    assert len(CamVid(DEFAULT_CAMVID, "val")) == 101
+
+
+def test_camvid_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match="test.txt"):
+        CamVid(tmp_path, "test")
+
+
+def test_camvid_listing_naming_a_missing_file(tmp_path):
+    (tmp_path / "val.txt").write_text("val/a.png valannot/a.png\n")
+    with pytest.raises(DatasetError, match="a.png"):
+        CamVid(tmp_path, "val")
+
+
+def test_enet_class_weights_favour_rare_classes():
+    w = enet_class_weights(torch.tensor([0.5, 0.01, 0.0]))
+    assert w[0] < w[1] < w[2]
+    assert float(w[2]) == pytest.approx(1 / np.log(1.02))
+
+
+def _write_idx(path, array, gz=False):
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    (gzip.open if gz else open)(path, "wb").write(data)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_round_trip(tmp_path, gz):
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = tmp_path / ("x.idx.gz" if gz else "x.idx")
+    _write_idx(path, a, gz)
+    np.testing.assert_array_equal(read_idx(path), a)
+
+
+def test_read_idx_rejects_other_files(tmp_path):
+    (tmp_path / "bad").write_bytes(b"\x89PNG....")
+    with pytest.raises(DatasetError, match="magic"):
+        read_idx(tmp_path / "bad")
+
+
+def test_fashion_mnist_reader_on_own_copy(tmp_path):
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((5, 28, 28)))
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(5), gz=True)
+    ds = FashionMNIST(tmp_path, "test")
+    image, label = ds[4]
+    assert len(ds) == 5 and image.shape == (1, 28, 28) and int(label) == 4
+    with pytest.raises(DatasetError, match="train-images"):
+        FashionMNIST(tmp_path, "train")
+
+
+@needs_fashion
+def test_fashion_mnist_debian_package():
+    test = FashionMNIST(DEFAULT_FASHION_MNIST, "test")
+    assert len(test) == 10000
+    assert test.images.shape == (10000, 1, 28, 28) and test.images.dtype == torch.uint8
+    assert sorted(test.targets.unique().tolist()) == list(range(10))
+
+
+def test_segmentation_augment_keeps_image_and_label_aligned():
+    # A label that equals the image's first channel must stay equal through flips, scaling and crops.
+    image = torch.randint(0, 11, (3, 64, 80), dtype=torch.uint8)
+    aug = SegmentationAugment(crop=(48, 64), scale=(1.0, 1.0), jitter=0.0)
+    for _ in range(5):
+        img, lbl = aug(image, image[0].clone())
+        assert img.shape == (3, 48, 64) and lbl.shape == (48, 64)
+        assert torch.equal(img[0], lbl)
+
+
+def test_segmentation_augment_pads_with_void():
+    image = torch.zeros(3, 16, 16, dtype=torch.uint8)
+    img, lbl = SegmentationAugment(crop=(32, 32), scale=(1.0, 1.0), jitter=0.0, void=11)(image, image[0])
+    assert (lbl == 11).sum() == 32 * 32 - 16 * 16

@@ -1,0 +1,65 @@
+"""A few real training steps on a tiny subset: the loss goes down and --resume continues."""
+import json
+
+import pytest
+import torch
+
+from enet_serve.cli import main
+from training.checkpoint import load_checkpoint
+from training.classification import ClassificationRecipe, augment, train_classification
+from training.datasets import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST
+from training.segmentation import SegmentationRecipe, train_segmentation
+
+needs_camvid = pytest.mark.skipif(not (DEFAULT_CAMVID / "train.txt").is_file(), reason="no ../shared/datasets/camvid")
+needs_fashion = pytest.mark.skipif(not DEFAULT_FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed")
+
+
+@needs_camvid
+def test_enet_steps_lower_the_loss_and_resume(tmp_path):
+    torch.set_num_threads(2)
+    recipe = SegmentationRecipe(epochs=6, full_epochs=0, crop=(96, 128), scale=(1.0, 1.0), jitter=0.0,
+                                batch_size=4, lr=5e-3, eval_every=100)
+    run = tmp_path / "run"
+    train_segmentation(DEFAULT_CAMVID, run, recipe, limit=4, progress=False, device="cpu")
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 6
+    assert history[-1]["loss"] < history[0]["loss"]
+    # The last epoch is always scored on val, and the best weights kept.
+    assert 0.0 <= history[-1]["val"]["mIoU"] <= 100.0
+    assert load_checkpoint(run / "best.pt")["arch"] == "enet"
+
+    recipe.epochs = 7
+    entry = train_segmentation(DEFAULT_CAMVID, run, recipe, resume=True, limit=4, progress=False, device="cpu",
+                               weights_out=tmp_path / "enet.pth")
+    assert entry["epoch"] == 6
+    assert len(load_checkpoint(run / "last.pt")["history"]) == 7
+    shipped = torch.load(tmp_path / "enet.pth", weights_only=False)
+    assert set(shipped) == {"arch", "num_classes", "model", "metrics", "training"}
+    assert "optimizer" not in shipped and shipped["training"]["epochs"] == 7
+
+
+@needs_fashion
+def test_lenet_learns_fashion_mnist(tmp_path):
+    recipe = ClassificationRecipe(epochs=2, batch_size=64)
+    entry = train_classification(DEFAULT_FASHION_MNIST, tmp_path / "run", recipe, limit=2000, progress=False,
+                                 device="cpu", weights_out=tmp_path / "lenet.pth")
+    history = load_checkpoint(tmp_path / "run" / "last.pt")["history"]
+    assert history[1]["loss"] < history[0]["loss"]
+    assert entry["test_top1"] > 40.0  # ten classes: chance is 10%
+    assert torch.load(tmp_path / "lenet.pth", weights_only=False)["metrics"]["test"]["top1"] == entry["test_top1"]
+
+
+def test_augment_moves_pixels_but_keeps_shape():
+    images = torch.arange(4 * 32 * 32, dtype=torch.int64).remainder(251).to(torch.uint8).view(4, 1, 32, 32)
+    out = augment(images)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "lenet5-fashion", "--resume", "--run-dir", str(tmp_path), "--data", str(tmp_path)]) == 2
+    assert "nothing to resume" in capsys.readouterr().out
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "enet-camvid", "--run-dir", str(tmp_path / "run"), "--data", str(tmp_path)]) == 2
+    assert "train.txt" in capsys.readouterr().out

@@ -1,0 +1,85 @@
+"""`enet-serve train RECIPE` and `enet-serve eval NAME`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+RECIPES = ("enet-camvid", "lenet5-fashion")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", choices=RECIPES, help="what to train")
+    p.add_argument("--data", type=Path, help="dataset directory (default: ../shared/datasets/camvid, "
+                   "/usr/share/datasets/fashion-mnist)")
+    p.add_argument("--epochs", type=int, help="total epochs (default: the recipe's)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--run-dir", type=Path, help="checkpoints and history (default: runs/RECIPE)")
+    p.add_argument("--weights-out", type=Path, help="where to write the best weights (default: models/weights/RECIPE.pth)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar (for logs)")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from training.datasets import DatasetError
+
+    try:
+        return _train(args)
+    except (FileNotFoundError, DatasetError) as e:
+        print(f"enet-serve train: {e}")
+        return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    run_dir = args.run_dir or REPO_ROOT / "runs" / args.recipe
+    weights_out = args.weights_out or REPO_ROOT / "models" / "weights" / f"{args.recipe}.pth"
+    if args.recipe == "enet-camvid":
+        from training.datasets import DEFAULT_CAMVID
+        from training.segmentation import SegmentationRecipe, train_segmentation
+
+        recipe = SegmentationRecipe(seed=args.seed)
+        if args.epochs:
+            recipe.epochs = args.epochs
+            recipe.full_epochs = min(recipe.full_epochs, max(1, args.epochs // 5))
+        entry = train_segmentation(args.data or DEFAULT_CAMVID, run_dir, recipe, resume=args.resume,
+                                   device=args.device, threads=args.threads, weights_out=weights_out, progress=not args.no_progress)
+    else:
+        from training.classification import ClassificationRecipe, train_classification
+        from training.datasets import DEFAULT_FASHION_MNIST
+
+        recipe = ClassificationRecipe(seed=args.seed)
+        if args.epochs:
+            recipe.epochs = args.epochs
+        entry = train_classification(args.data or DEFAULT_FASHION_MNIST, run_dir, recipe, resume=args.resume,
+                                     device=args.device, threads=args.threads, weights_out=weights_out, progress=not args.no_progress)
+    print(f"{args.recipe}: epoch {entry.get('epoch')} done; weights in {weights_out}")
+    return 0
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="model name in the repository, e.g. enet-camvid or lenet5-fashion")
+    p.add_argument("--data", type=Path, help="dataset directory (default: the recipe's)")
+    p.add_argument("--split", help="split to score (default: val for CamVid, test for Fashion-MNIST)")
+    p.add_argument("--repository", type=Path, help="model repository (default: model_repository/)")
+    p.add_argument("--weights", type=Path, help="PyTorch weights (default: models/weights/NAME.pth)")
+    p.add_argument("--limit", type=int, help="score only the first N images")
+    p.add_argument("--json", type=Path, help="also write the report as JSON here")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from training.evaluate import evaluate, format_report
+
+    try:
+        report = evaluate(args.name, data=args.data, repository=args.repository, weights=args.weights,
+                          split=args.split, limit=args.limit)
+    except (FileNotFoundError, KeyError) as e:
+        print(f"enet-serve eval: {e}")
+        return 2
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0

@@ -1,0 +1,46 @@
+"""What the training loops share: device and threads, seeding, input normalisation."""
+from __future__ import annotations
+
+import os
+import platform
+import random
+
+import numpy as np
+import torch
+
+from models.registry import ModelSpec
+
+
+def pick_device(requested: str = "auto", threads: int | None = None) -> torch.device:
+    """CUDA when present (or asked for), else the CPU with `threads` (default: all cores) intra-op threads."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        torch.set_num_threads(threads or os.cpu_count() or 1)
+    elif not torch.cuda.is_available():
+        raise RuntimeError(f"device {requested!r} asked for, but torch sees no CUDA device")
+    return torch.device(requested)
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Normalize(torch.nn.Module):
+    """uint8 NCHW -> float, scaled to 0..1 and normalised with the spec's mean/std: what the ONNX graph does in-graph."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, -1, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, -1, 1, 1) * 255.0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std

@@ -1,0 +1,94 @@
+"""`enet-serve eval`: one model scored as PyTorch, ONNX FP32 and ONNX FP16, side by side.
+
+The ONNX graphs are run exactly as the service runs them (uint8 NHWC in, mask or probabilities
+out), so this measures what is served, not only what was trained.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from models import get_model, get_spec
+from models.labels import load_labels
+from training.classification import evaluate_classification, to_native_size
+from training.common import Normalize, pick_device
+from training.datasets import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST, CamVid, FashionMNIST
+from training.segmentation import evaluate_segmentation, torch_predictor
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def onnx_predictor(path: Path, task: str):
+    """predict(uint8 NCHW tensor) -> class indices, through the ONNX graph's uint8 NHWC contract."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        out = session.run(None, {input_name: images.permute(0, 2, 3, 1).contiguous().numpy()})[0]
+        return torch.from_numpy(np.asarray(out.argmax(1) if task == "classify" else out).astype(np.int64))
+
+    return predict
+
+
+def load_trained(name: str, weights: Path) -> tuple[torch.nn.Module, str]:
+    if not weights.is_file():
+        raise FileNotFoundError(f"{name}: no weights at {weights}")
+    state = torch.load(weights, map_location="cpu", weights_only=False)
+    model = get_model(state["arch"], num_classes=state["num_classes"])
+    model.load_state_dict(state["model"])
+    return model.eval(), state["arch"]
+
+
+def evaluate(name: str, data: Path | None = None, repository: Path | None = None, weights: Path | None = None,
+             split: str | None = None, limit: int | None = None) -> dict:
+    """{"model", "task", "split", "results": {"pytorch": {...}, "onnx-fp32": {...}, "onnx-fp16": {...}}}."""
+    repository = repository or REPO_ROOT / "model_repository"
+    config_path = repository / name / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{name}: no {config_path} (export the model first)")
+    config = json.loads(config_path.read_text())
+    weights = weights or REPO_ROOT / "models" / "weights" / f"{name}.pth"
+    model, arch = load_trained(name, weights)
+    spec = get_spec(arch)
+    dev = pick_device("cpu")
+    torch_predict = torch_predictor(model, Normalize(spec), dev)
+    predictors = {"pytorch": torch_predict}
+    for precision, entry in config["files"].items():
+        predictors[f"onnx-{precision}"] = onnx_predictor(repository / name / entry["path"], config["task"])
+
+    results = {}
+    if config["task"] == "segment":
+        split = split or "val"
+        dataset = CamVid(data or DEFAULT_CAMVID, split, limit=limit)
+        labels = load_labels(spec.labels)
+        for key, predict in predictors.items():
+            results[key] = evaluate_segmentation(predict, dataset).summary(labels)
+    else:
+        split = split or "test"
+        dataset = FashionMNIST(data or DEFAULT_FASHION_MNIST, split)
+        images = to_native_size(dataset.images[:limit], spec.input_size)
+        targets = dataset.targets[:limit]
+        for key, predict in predictors.items():
+            results[key] = {"top1": evaluate_classification(predict, images, targets)}
+    return {"model": name, "task": config["task"], "split": split, "images": len(dataset) if limit is None else limit,
+            "results": results}
+
+
+def format_report(report: dict) -> str:
+    """A table: one row per metric (and per class for segmentation), one column per runtime."""
+    columns = list(report["results"])
+    first = report["results"][columns[0]]
+    rows = [(k, [report["results"][c][k] for c in columns]) for k, v in first.items() if not isinstance(v, dict)]
+    if "per_class_iou" in first:
+        rows += [(f"IoU {cls}", [report["results"][c]["per_class_iou"][cls] for c in columns])
+                 for cls in first["per_class_iou"]]
+    width = max(len(r[0]) for r in rows) + 2
+    lines = [f"{report['model']} on {report['split']} ({report['images']} images)",
+             "".ljust(width) + "".join(c.rjust(12) for c in columns)]
+    for label, values in rows:
+        lines.append(label.ljust(width) + "".join(("-" if v is None else f"{v:.2f}").rjust(12) for v in values))
+    return "\n".join(lines)
