@@ -21,7 +21,15 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def weights_file(model: torch.nn.Module, arch: str, num_classes: int, metrics: dict, training: dict) -> dict:
-    """What models/weights/<name>.pth holds: the state_dict and where it came from, no optimizer state."""
-    return {"arch": arch, "num_classes": num_classes, "model": model.state_dict(),
-            "metrics": metrics, "training": training}
+def ship_weights(run_dir: Path, weights_out: Path, pick: str = "best") -> dict:
+    """Write models/weights/<name>.pth from a run: the state_dict of its best (or last) epoch, its scores
+    and how it was trained (commands, recipe, epochs, wall time, hardware); no optimizer state."""
+    last = load_checkpoint(run_dir / "last.pt")
+    chosen = last if pick == "last" else load_checkpoint(run_dir / "best.pt")
+    training = {"commands": last.get("commands", []), "recipe": last["recipe"], "epochs": len(last["history"]),
+                "epoch_shipped": chosen["epoch"] + 1, "wall_time_s": round(last["wall_time_s"]),
+                "hardware": last["hardware"]}
+    shipped = {"arch": chosen["arch"], "num_classes": chosen["num_classes"], "model": chosen["model"],
+               "metrics": chosen["metrics"], "training": training}
+    save_atomic(shipped, weights_out)
+    return shipped

@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from models import get_model, get_spec
-from training.checkpoint import load_checkpoint, save_atomic, weights_file
-from training.common import Normalize, hardware, pick_device, seed_everything
+from training.checkpoint import load_checkpoint, save_atomic, ship_weights
+from training.common import Normalize, hardware, pick_device, restore_rng, rng_state, seed_everything
 from training.datasets import FashionMNIST
 
 
@@ -64,7 +64,7 @@ def evaluate_classification(predict, images: torch.Tensor, targets: torch.Tensor
 
 def train_classification(data: Path, run_dir: Path, recipe: ClassificationRecipe, resume: bool = False,
                          device: str = "auto", threads: int | None = None, weights_out: Path | None = None, limit: int | None = None,
-                         progress: bool = True) -> dict:
+                         progress: bool = True, command: str | None = None) -> dict:
     dev = pick_device(device, threads)
     seed_everything(recipe.seed)
     spec = get_spec(recipe.arch)
@@ -83,11 +83,13 @@ def train_classification(data: Path, run_dir: Path, recipe: ClassificationRecipe
         return model(normalize(images.to(dev))).argmax(1).cpu()
 
     start_epoch, best, history, wall = 0, -1.0, [], 0.0
+    # Every command that (re)started this run, for the record in the shipped weights and config.json.
+    commands = (state or {}).get("commands", []) + ([command] if command else [])
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best, history, wall = state["epoch"] + 1, state["best_top1"], state["history"], state["wall_time_s"]
-        torch.set_rng_state(state["rng"])
+        restore_rng(state)
     run_dir.mkdir(parents=True, exist_ok=True)
 
     entry: dict = history[-1] if history else {}
@@ -114,21 +116,18 @@ def train_classification(data: Path, run_dir: Path, recipe: ClassificationRecipe
         if top1 > best:
             best = top1
             save_atomic({"arch": recipe.arch, "num_classes": spec.num_classes, "model": model.state_dict(),
-                         "epoch": epoch, "test_top1": top1}, best_path)
+                         "epoch": epoch, "metrics": {"test": {"top1": top1}}}, best_path)
         wall += time.time() - t0
         history.append(entry)
         bar.set_postfix(loss=f"{entry['loss']:.3f}", top1=f"{top1:.2f}")
         save_atomic({"arch": recipe.arch, "num_classes": spec.num_classes, "model": model.state_dict(),
-                     "optimizer": optimizer.state_dict(), "epoch": epoch, "best_top1": best, "history": history,
-                     "wall_time_s": wall, "rng": torch.get_rng_state(), "recipe": dataclasses.asdict(recipe),
+                     "metrics": {"test": {"top1": top1}}, "optimizer": optimizer.state_dict(), "epoch": epoch, "best_top1": best, "history": history,
+                     "wall_time_s": wall, **rng_state(), "recipe": dataclasses.asdict(recipe), "commands": commands,
                      "hardware": hardware(dev)}, last_path)
         with open(run_dir / "history.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
 
     if weights_out is not None:
-        # The last epoch is shipped (the test set must not pick the model); best.pt is kept for reference.
-        training = {"recipe": dataclasses.asdict(recipe), "epochs": len(history), "wall_time_s": round(wall),
-                    "hardware": hardware(dev)}
-        save_atomic(weights_file(model, recipe.arch, spec.num_classes, {"test": {"top1": entry["test_top1"]}}, training),
-                    weights_out)
+        # The last epoch is shipped: the test set must not pick the model (best.pt is kept for reference).
+        ship_weights(run_dir, weights_out, pick="last")
     return entry

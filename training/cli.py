@@ -13,12 +13,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="dataset directory (default: ../shared/datasets/camvid, "
                    "/usr/share/datasets/fashion-mnist)")
     p.add_argument("--epochs", type=int, help="total epochs (default: the recipe's)")
+    p.add_argument("--full-epochs", type=int, help="enet-camvid: how many of the last epochs train on whole frames")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument("--run-dir", type=Path, help="checkpoints and history (default: runs/RECIPE)")
     p.add_argument("--weights-out", type=Path, help="where to write the best weights (default: models/weights/RECIPE.pth)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--ship-only", action="store_true",
+                   help="train nothing: write --weights-out from RUN_DIR's checkpoints (e.g. to ship an unfinished run)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (for logs)")
 
 
@@ -35,6 +38,13 @@ def run_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or REPO_ROOT / "runs" / args.recipe
     weights_out = args.weights_out or REPO_ROOT / "models" / "weights" / f"{args.recipe}.pth"
+    if args.ship_only:
+        from training.checkpoint import ship_weights
+
+        shipped = ship_weights(run_dir, weights_out, pick="best" if args.recipe == "enet-camvid" else "last")
+        print(f"{args.recipe}: epoch {shipped['training']['epoch_shipped']} of {shipped['training']['epochs']} "
+              f"shipped to {weights_out}: {shipped['metrics']}")
+        return 0
     if args.recipe == "enet-camvid":
         from training.datasets import DEFAULT_CAMVID
         from training.segmentation import SegmentationRecipe, train_segmentation
@@ -43,8 +53,11 @@ def _train(args: argparse.Namespace) -> int:
         if args.epochs:
             recipe.epochs = args.epochs
             recipe.full_epochs = min(recipe.full_epochs, max(1, args.epochs // 5))
+        if args.full_epochs is not None:
+            recipe.full_epochs = args.full_epochs
         entry = train_segmentation(args.data or DEFAULT_CAMVID, run_dir, recipe, resume=args.resume,
-                                   device=args.device, threads=args.threads, weights_out=weights_out, progress=not args.no_progress)
+                                   device=args.device, threads=args.threads, weights_out=weights_out, progress=not args.no_progress,
+                                   command=_command_line())
     else:
         from training.classification import ClassificationRecipe, train_classification
         from training.datasets import DEFAULT_FASHION_MNIST
@@ -53,9 +66,17 @@ def _train(args: argparse.Namespace) -> int:
         if args.epochs:
             recipe.epochs = args.epochs
         entry = train_classification(args.data or DEFAULT_FASHION_MNIST, run_dir, recipe, resume=args.resume,
-                                     device=args.device, threads=args.threads, weights_out=weights_out, progress=not args.no_progress)
+                                     device=args.device, threads=args.threads, weights_out=weights_out, progress=not args.no_progress,
+                                     command=_command_line())
     print(f"{args.recipe}: epoch {entry.get('epoch')} done; weights in {weights_out}")
     return 0
+
+
+def _command_line() -> str:
+    import shlex
+    import sys
+
+    return "enet-serve " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:

@@ -34,6 +34,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict:
+    """Every random generator the loops use, so that --resume continues the same sequence."""
+    return {"rng": torch.get_rng_state(), "py_rng": random.getstate(), "np_rng": np.random.get_state()}
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["rng"])
+    if "py_rng" in state:
+        random.setstate(state["py_rng"])
+        np.random.set_state(state["np_rng"])
+
+
 class Normalize(torch.nn.Module):
     """uint8 NCHW -> float, scaled to 0..1 and normalised with the spec's mean/std: what the ONNX graph does in-graph."""
 

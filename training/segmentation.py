@@ -22,8 +22,8 @@ from tqdm import tqdm
 from models import get_model, get_spec
 from models.labels import load_labels
 from training.augment import SegmentationAugment
-from training.checkpoint import load_checkpoint, save_atomic, weights_file
-from training.common import Normalize, hardware, pick_device, seed_everything
+from training.checkpoint import load_checkpoint, save_atomic, ship_weights
+from training.common import Normalize, hardware, pick_device, restore_rng, rng_state, seed_everything
 from training.datasets import CAMVID_NUM_CLASSES, CAMVID_VOID, CamVid, enet_class_weights
 from training.metrics import ConfusionMatrix
 
@@ -63,7 +63,7 @@ def torch_predictor(model: torch.nn.Module, normalize: Normalize, device: torch.
 
 def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, resume: bool = False,
                        device: str = "auto", threads: int | None = None, weights_out: Path | None = None, limit: int | None = None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, command: str | None = None) -> dict:
     """Train (or resume) the recipe; checkpoints go to run_dir/{last,best}.pt each epoch.
 
     Returns the history entry of the last epoch. `limit` trains on the first images only (tests).
@@ -87,11 +87,13 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
         return recipe.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
     start_epoch, best, history, wall = 0, -1.0, [], 0.0
+    # Every command that (re)started this run, for the record in the shipped weights and config.json.
+    commands = (state or {}).get("commands", []) + ([command] if command else [])
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best, history, wall = state["epoch"] + 1, state["best_miou"], state["history"], state["wall_time_s"]
-        torch.set_rng_state(state["rng"])
+        restore_rng(state)
     run_dir.mkdir(parents=True, exist_ok=True)
 
     entry: dict = history[-1] if history else {}
@@ -124,22 +126,17 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
             if entry["val"]["mIoU"] > best:
                 best = entry["val"]["mIoU"]
                 save_atomic({"arch": recipe.arch, "num_classes": CAMVID_NUM_CLASSES, "model": model.state_dict(),
-                             "epoch": epoch, "val": entry["val"]}, best_path)
+                             "epoch": epoch, "metrics": {"val": entry["val"]}}, best_path)
         wall += time.time() - t0
         history.append(entry)
         bar.set_postfix(loss=f"{entry['loss']:.3f}", miou=f"{best:.1f}")
         save_atomic({"arch": recipe.arch, "num_classes": CAMVID_NUM_CLASSES, "model": model.state_dict(),
                      "optimizer": optimizer.state_dict(), "epoch": epoch, "best_miou": best, "history": history,
-                     "wall_time_s": wall, "rng": torch.get_rng_state(), "recipe": dataclasses.asdict(recipe),
+                     "wall_time_s": wall, **rng_state(), "recipe": dataclasses.asdict(recipe), "commands": commands,
                      "hardware": hardware(dev)}, last_path)
         with open(run_dir / "history.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
 
     if weights_out is not None and best_path.is_file():
-        best_state = load_checkpoint(best_path)
-        model.load_state_dict(best_state["model"])
-        training = {"recipe": dataclasses.asdict(recipe), "epochs": len(history), "best_epoch": best_state["epoch"],
-                    "wall_time_s": round(wall), "hardware": hardware(dev)}
-        save_atomic(weights_file(model, recipe.arch, CAMVID_NUM_CLASSES, {"val": best_state["val"]}, training),
-                    weights_out)
+        ship_weights(run_dir, weights_out, pick="best")  # chosen on val; the test split stays unseen
     return entry

@@ -1,0 +1,1 @@
+"""Benchmarks of enet-serve: the service load generator (bench/load.py) and its peers."""

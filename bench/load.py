@@ -1,0 +1,381 @@
+"""Load benchmark of the service against the in-process limit of the same ONNX file.
+
+    python -m bench.load                                  # ENet, CamVid val JPEGs, 1 and 16 clients
+    python -m bench.load --clients 1,4,16 --duration 30
+    python -m bench.load --url http://host:8000 --skip-limit
+    python -m bench.load --codecs                         # decoder and PNG-level measurements only
+
+1. The limit: the model's ONNX file in this process with the service's session options (and with
+   onnxruntime's defaults; the better counts), batch sizes 1..8 on real frames: images/s per batch
+   size, the best being "the limit"; plus the median decode (JPEG) and encode (mask PNG) times.
+2. The service: started with uvicorn on a free loopback port (`python -m service`, its own process;
+   or `--url` to target one that runs), driven by N concurrent httpx clients that POST CamVid val
+   JPEGs to /segment?format=png for a bounded time (after a warm-up period).
+3. A table: median / p99 latency and throughput per row, throughput as a fraction of the limit,
+   and for 1 client the median against batch-1 inference + decode + encode.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "datasets" / "camvid" / "val"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="benchmark a running service at this base URL instead of starting one")
+    p.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository", help="model repository")
+    p.add_argument("--model", default="enet-camvid", help="segmentation model to drive")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="directory of CamVid val PNGs")
+    p.add_argument("--images", type=int, default=32, help="distinct frames to cycle through")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the request bodies")
+    p.add_argument("--format", default="png", choices=["png", "json", "overlay"], help="/segment format")
+    p.add_argument("--clients", default="1,16", help="comma-separated concurrent client counts")
+    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per client count")
+    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each measurement")
+    p.add_argument("--limit-batches", default="1,2,4,8", help="batch sizes of the in-process limit")
+    p.add_argument("--limit-seconds", type=float, default=3.0, help="seconds per in-process batch size")
+    p.add_argument("--skip-limit", action="store_true", help="do not measure the in-process limit")
+    p.add_argument("--allow-untrained", action="store_true", help="start the service with --allow-untrained")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="extra flag for the started service, e.g. --server-arg=--max-delay-ms=2 (repeatable)")
+    p.add_argument("--codecs", action="store_true", help="only measure decoders and PNG levels")
+    p.add_argument("--json", type=Path, help="also write the results here")
+
+
+# -- data --------------------------------------------------------------------------------------------------
+
+def load_frames(data: Path, n: int) -> list[np.ndarray]:
+    from PIL import Image
+
+    files = sorted(data.glob("*.png"))[:n]
+    if not files:
+        raise SystemExit(f"no PNG frames in {data} (CamVid val); use --data")
+    return [np.asarray(Image.open(f).convert("RGB")) for f in files]
+
+
+def to_jpeg(frame: np.ndarray, quality: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values), q))
+
+
+# -- in-process limit -------------------------------------------------------------------------------------
+
+def model_file(repository: Path, model: str) -> tuple[Path, dict]:
+    cfg = json.loads((repository / model / "config.json").read_text())
+    spec = cfg["files"].get("fp32") or next(iter(cfg["files"].values()))
+    return repository / model / spec["path"], cfg
+
+
+def measure_limit(path: Path, frames: list[np.ndarray], batches: list[int], seconds: float) -> dict:
+    import onnxruntime as ort
+
+    from service.runtime import session_options
+    from service.settings import Settings, cpu_count
+
+    variants = {}
+    service_opts = session_options(Settings())
+    default_opts = ort.SessionOptions()
+    default_opts.intra_op_num_threads = cpu_count()
+    for label, opts in (("service options", service_opts), ("onnxruntime defaults", default_opts)):
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        rows = {}
+        for b in batches:
+            x = np.stack([frames[i % len(frames)] for i in range(b)])
+            sess.run(None, {name: x})
+            times = []
+            t_end = time.perf_counter() + seconds
+            while time.perf_counter() < t_end or len(times) < 2:
+                t0 = time.perf_counter()
+                sess.run(None, {name: x})
+                times.append(time.perf_counter() - t0)
+            med = statistics.median(times)
+            rows[b] = {"median_ms": med * 1e3, "p99_ms": pct(times, 99) * 1e3, "images_per_s": b / med}
+            print(f"  limit [{label}] batch {b}: {med * 1e3:8.1f} ms/batch  {b / med:7.2f} img/s", flush=True)
+        variants[label] = rows
+        del sess
+    best_label, best_b = max(((lbl, b) for lbl, rows in variants.items() for b in rows),
+                             key=lambda k: variants[k[0]][k[1]]["images_per_s"])
+    return {"variants": variants, "best": {"options": best_label, "batch": best_b,
+                                           **variants[best_label][best_b]},
+            "batch1_ms": variants["service options"][1]["median_ms"] if 1 in variants["service options"] else None}
+
+
+def measure_codecs(jpegs: list[bytes], masks: list[np.ndarray], palette: bytes, repeats: int = 5) -> dict:
+    """Median decode (service path, Pillow for comparison) and mask PNG encode at several levels."""
+    from PIL import Image
+
+    from service import codecs
+
+    def timed(fn, items):
+        out = []
+        for _ in range(repeats):
+            for it in items:
+                t0 = time.perf_counter()
+                fn(it)
+                out.append(time.perf_counter() - t0)
+        return statistics.median(out) * 1e3
+
+    res = {
+        "decode_service_ms": timed(lambda d: codecs.decode_image(d), jpegs),
+        "decode_pillow_ms": timed(lambda d: np.asarray(Image.open(io.BytesIO(d)).convert("RGB")), jpegs),
+        "png": {},
+    }
+    for level in (0, 1, 3, 6, 9):
+        sizes = [len(codecs.encode_mask_png(m, palette, level)) for m in masks]
+        res["png"][f"rle level {level}"] = {"ms": timed(lambda m: codecs.encode_mask_png(m, palette, level), masks),
+                                            "bytes": float(np.mean(sizes))}
+    for level in (1, 6, 9):
+        def pil(m, level=level):
+            img = Image.fromarray(m, "L").convert("P")
+            img.putpalette(palette)
+            buf = io.BytesIO()
+            img.save(buf, "PNG", compress_level=level)
+            return buf.getvalue()
+        res["png"][f"pillow level {level}"] = {"ms": timed(pil, masks),
+                                               "bytes": float(np.mean([len(pil(m)) for m in masks]))}
+    return res
+
+
+# -- the service ---------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(args) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), "--repository",
+           str(args.repository), "--models", args.model, "--no-access-log", "--log-level", "warning",
+           "--default-segment-model", args.model]
+    if args.allow_untrained:
+        cmd.append("--allow-untrained")
+    cmd += args.server_arg
+    env = dict(os.environ)
+    print("starting:", " ".join(cmd), flush=True)
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"the service exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/health/ready", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("the service was not ready in 300 s")
+        time.sleep(0.25)
+
+
+async def drive(url: str, bodies: list[bytes], clients: int, duration: float, warmup: float, fmt: str,
+                headers: dict[str, str]) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors: dict[int, int] = {}
+    measuring = False
+    stop = False
+    done_in_window = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        async def worker(k: int):
+            nonlocal done_in_window
+            i = k
+            while not stop:
+                body = bodies[i % len(bodies)]
+                i += clients
+                t0 = time.perf_counter()
+                r = await client.post(f"/segment?format={fmt}", content=body,
+                                      headers={"Content-Type": "image/jpeg", **headers})
+                dt = time.perf_counter() - t0
+                if r.status_code != 200:
+                    errors[r.status_code] = errors.get(r.status_code, 0) + 1
+                elif measuring and not stop:
+                    latencies.append(dt)
+                    done_in_window += 1
+
+        tasks = [asyncio.create_task(worker(k)) for k in range(clients)]
+        await asyncio.sleep(warmup)
+        measuring = True
+        t0 = time.perf_counter()
+        await asyncio.sleep(duration)
+        elapsed = time.perf_counter() - t0
+        stop = True
+        await asyncio.gather(*tasks)
+    return {"clients": clients, "requests": done_in_window, "images_per_s": done_in_window / elapsed,
+            "median_ms": pct(latencies, 50) * 1e3, "p99_ms": pct(latencies, 99) * 1e3, "errors": errors}
+
+
+SERVER_SERIES = {  # metric -> short name, for the server-side breakdown of each phase
+    "enet_serve_batch_size": "batch",
+    "enet_serve_inference_duration_seconds": "inference",
+    "enet_serve_queue_wait_seconds": "queue_wait",
+    "enet_serve_decode_duration_seconds": "decode",
+}
+
+
+async def scrape(url: str, model: str, headers: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the server's histograms for `model`."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url) as c:
+        text = (await c.get("/metrics", headers=headers)).text
+    out: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        for metric, short in SERVER_SERIES.items():
+            for part, idx in (("_sum", 0), ("_count", 1)):
+                if line.startswith(f'{metric}{part}{{model="{model}"}}'):
+                    out.setdefault(short, [0.0, 0.0])[idx] = float(line.rsplit(" ", 1)[1])
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def server_breakdown(before: dict, after: dict) -> dict[str, float]:
+    """Means over one phase: batch size, ms of inference per batch, ms of queue wait and decode per request."""
+    res = {}
+    for key, (s1, c1) in after.items():
+        s0, c0 = before.get(key, (0.0, 0.0))
+        if c1 > c0:
+            mean = (s1 - s0) / (c1 - c0)
+            res[key] = mean if key == "batch" else mean * 1e3
+    return res
+
+
+# -- report --------------------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(REPO_ROOT))
+    frames = load_frames(args.data, args.images)
+    jpegs = [to_jpeg(f, args.quality) for f in frames]
+    print(f"{len(jpegs)} CamVid frames {frames[0].shape[1]}x{frames[0].shape[0]}, "
+          f"JPEG q{args.quality} mean {np.mean([len(j) for j in jpegs]) / 1024:.1f} KiB", flush=True)
+    results: dict = {"model": args.model, "format": args.format}
+    headers = {}
+    if os.environ.get("ENET_SERVE_BENCH_KEY"):
+        headers["X-API-Key"] = os.environ["ENET_SERVE_BENCH_KEY"]
+
+    limit = None
+    if not args.skip_limit or args.codecs:
+        path, cfg = model_file(args.repository, args.model)
+        print(f"model file {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
+        import onnxruntime as ort
+
+        from service.repository import ModelConfig
+        from service import codecs
+
+        mconf = ModelConfig.model_validate(cfg)
+        palette = codecs.palette_bytes(mconf.palette())
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        masks = [sess.run(None, {sess.get_inputs()[0].name: f[None]})[0][0] for f in frames[:8]]
+        del sess
+        results["codecs"] = measure_codecs(jpegs[:8], masks, palette)
+        c = results["codecs"]
+        print(f"decode: service {c['decode_service_ms']:.2f} ms, Pillow {c['decode_pillow_ms']:.2f} ms; "
+              "mask PNG: " + ", ".join(f"{k} {v['ms']:.2f} ms/{v['bytes'] / 1024:.1f} KiB" for k, v in c["png"].items()),
+              flush=True)
+        if args.codecs:
+            _write(args, results)
+            return 0
+        batches = [int(b) for b in args.limit_batches.split(",")]
+        limit = measure_limit(path, frames, batches, args.limit_seconds)
+        results["limit"] = limit
+
+    proc = None
+    url = args.url
+    if url is None:
+        proc, url = start_service(args)
+    try:
+        results["service"] = []
+        for n in [int(c) for c in args.clients.split(",")]:
+            before = asyncio.run(scrape(url, args.model, headers))
+            r = asyncio.run(drive(url, jpegs, n, args.duration, args.warmup, args.format, headers))
+            r["server"] = server_breakdown(before, asyncio.run(scrape(url, args.model, headers)))
+            results["service"].append(r)
+            sv = r["server"]
+            print(f"  service {n:3d} clients: median {r['median_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
+                  f"{r['images_per_s']:7.2f} img/s  errors {r['errors'] or 0}  | server means: "
+                  f"batch {sv.get('batch', 0):.2f}, inference {sv.get('inference', 0):.1f} ms/batch, "
+                  f"queue wait {sv.get('queue_wait', 0):.1f} ms, decode {sv.get('decode', 0):.2f} ms", flush=True)
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    _table(results)
+    _write(args, results)
+    return 0
+
+
+def _table(results: dict) -> None:
+    limit = results.get("limit")
+    best = limit["best"]["images_per_s"] if limit else None
+    print()
+    print(f"{'row':44s} {'median ms':>10s} {'p99 ms':>10s} {'img/s':>8s} {'ratio':>7s}")
+    if limit:
+        for label, rows in limit["variants"].items():
+            for b, row in rows.items():
+                print(f"{f'in-process batch {b} ({label})':44s} {row['median_ms']:10.1f} {row['p99_ms']:10.1f} "
+                      f"{row['images_per_s']:8.2f} {row['images_per_s'] / best:7.2f}")
+    for r in results.get("service", []):
+        ratio = f"{r['images_per_s'] / best:7.2f}" if best else "      -"
+        label = f"service, {r['clients']} clients (mean batch {r['server'].get('batch', 0):.2f})"
+        print(f"{label:44s} {r['median_ms']:10.1f} {r['p99_ms']:10.1f} {r['images_per_s']:8.2f} {ratio}")
+    if limit and results.get("codecs") and limit.get("batch1_ms"):
+        c = results["codecs"]
+        png = c["png"].get("rle level 1", {}).get("ms", 0.0)
+        ref = limit["batch1_ms"] + c["decode_service_ms"] + png
+        print(f"\n1-client reference: batch-1 {limit['batch1_ms']:.1f} + decode {c['decode_service_ms']:.2f} + "
+              f"PNG {png:.2f} = {ref:.1f} ms")
+        for r in results.get("service", []):
+            if r["clients"] == 1:
+                print(f"1-client median {r['median_ms']:.1f} ms = {r['median_ms'] / ref:.3f} x reference")
+    print(f"limit = best in-process throughput: {best:.2f} img/s "
+          f"(batch {limit['best']['batch']}, {limit['best']['options']})" if limit else "")
+
+
+def _write(args, results: dict) -> None:
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+        print(f"wrote {args.json}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

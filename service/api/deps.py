@@ -1,0 +1,101 @@
+"""What the routes share: the server object, API-key checking and reading an image body within limits."""
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from service.errors import BadRequest, InvalidParameter, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from service.server import ModelServer
+from service.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY (when API keys are configured)")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: KEY (when API keys are configured)")
+
+
+def get_server(request: Request) -> ModelServer:
+    return request.app.state.server
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def require_api_key(
+    request: Request,
+    bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    api_key: str | None = Depends(_api_key),
+) -> None:
+    keys = request.app.state.settings.api_keys
+    if not keys:
+        return
+    given = api_key or (bearer.credentials if bearer is not None else None)
+    if not given:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
+    given_b = given.encode()
+    ok = False
+    for key in keys:  # compare against every key, in constant time
+        ok |= hmac.compare_digest(given_b, key.encode())
+    if not ok:
+        raise Unauthorized("wrong API key")
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, or 413 as soon as it passes `limit` (announced by Content-Length or not)."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            n = int(length)
+        except ValueError:
+            raise BadRequest("invalid Content-Length") from None
+        if n > limit:
+            raise PayloadTooLarge(f"the body is {n} bytes; the limit is {limit} (max_body_bytes)")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes (max_body_bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_image(request: Request) -> bytes:
+    """Image bytes from a raw body (image/*, application/octet-stream) or multipart/form-data field `image`."""
+    settings: Settings = request.app.state.settings
+    kind = media_type(request)
+    if kind == "multipart/form-data":
+        body = await read_body(request, settings.max_body_bytes)
+        return await _multipart_image(request, body, settings.max_body_bytes)
+    if kind and not (kind.startswith("image/") or kind == "application/octet-stream"):
+        raise UnsupportedMediaType(f"unsupported Content-Type {kind!r}: send image bytes (image/jpeg, image/png, ...) "
+                                   "or multipart/form-data with a field 'image'")
+    return await read_body(request, settings.max_body_bytes)
+
+
+async def _multipart_image(request: Request, body: bytes, limit: int) -> bytes:
+    async def stream():
+        yield body
+
+    parser = MultiPartParser(request.headers, stream(), max_files=8, max_fields=32, max_part_size=limit)
+    parser.spool_max_size = limit  # keep the upload in memory (it is within the body limit)
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise BadRequest(f"invalid multipart body: {e.message}") from e
+    try:
+        field = form.get("image")
+        if field is None:
+            raise InvalidParameter("multipart/form-data body without a field 'image'", code="missing_image")
+        if isinstance(field, UploadFile):
+            return await field.read()
+        return field.encode("latin-1", errors="ignore") if isinstance(field, str) else bytes(field)
+    finally:
+        await form.close()

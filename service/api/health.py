@@ -1,0 +1,30 @@
+"""GET /health/live and /health/ready (no API key: for the orchestrator's probes)."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from service.api.deps import get_server
+from service.errors import error_body
+from service.schemas import ERROR_RESPONSES, Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health/live", summary="Liveness: the process answers", response_model=Health)
+async def live() -> dict:
+    return {"status": "live"}
+
+
+@router.get("/health/ready", summary="Readiness: every model is loaded and warm", response_model=Health,
+            responses={503: ERROR_RESPONSES[503]})
+async def ready(request: Request):
+    server = get_server(request)
+    models = {name: m.ready for name, m in sorted(server.models.items())}
+    if server.ready:
+        return {"status": "ready", "models": models}
+    waiting = [n for n, ok in models.items() if not ok]
+    message = server.warm_error or f"warming up: {', '.join(waiting) or 'loading'}"
+    body = error_body("not_ready", message)
+    body["models"] = models
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})

@@ -1,0 +1,104 @@
+"""`create_app(settings)`: the FastAPI application, with a lifespan that loads, verifies and warms the models."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service._version import __version__
+from service.api import classify, health, metrics as metrics_api, models, segment, v2
+from service.errors import install_error_handlers
+from service.metrics import Metrics
+from service.server import ModelServer
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+DESCRIPTION = """
+Semantic segmentation (ENet) and image classification (the classic CNNs) over HTTP, on onnxruntime
+with dynamic batching.
+
+* `POST /segment` and `POST /classify` take the image bytes as the body (`image/jpeg`, `image/png`, ...)
+  or `multipart/form-data` with a field `image`.
+* Errors are `{"error": {"code", "message"}}`.
+* When API keys are configured, send `Authorization: Bearer KEY` or `X-API-Key: KEY`
+  (health, metrics and docs need none).
+* `/v2/...` is the Open Inference Protocol (KServe v2).
+"""
+
+TAGS = [
+    {"name": "inference", "description": "segment and classify images"},
+    {"name": "models", "description": "what is loaded, on which provider and precision"},
+    {"name": "health", "description": "liveness and readiness probes"},
+    {"name": "metrics", "description": "Prometheus metrics"},
+    {"name": "v2 (Open Inference Protocol)", "description": "KServe v2 / Triton-compatible HTTP API"},
+]
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by model, route template and status (pure ASGI: cheap)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            state = scope.get("state") or {}
+            model = state.get("model", "") if isinstance(state, dict) else ""
+            self.metrics.requests.labels(model, path, str(status)).inc()
+            self.metrics.request_duration.labels(model, path).observe(time.perf_counter() - start)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        server = ModelServer(settings, metrics)
+        app.state.server = server
+        try:
+            await asyncio.to_thread(server.load)
+        except BaseException:
+            await server.stop()
+            raise
+        server.start()
+        log.info("enet-serve: %d model(s) loaded from %s: %s", len(server.models), settings.repository,
+                 ", ".join(f"{n} ({m.runtime.provider}, {m.runtime.precision})" for n, m in server.models.items()))
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    app = FastAPI(title="enet-serve", version=__version__, description=DESCRIPTION, openapi_tags=TAGS,
+                  lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.server = ModelServer(settings, metrics)  # replaced at startup; answers "not ready" before it
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    for module in (segment, classify, models, health, metrics_api):
+        app.include_router(module.router)
+    app.include_router(v2.router)
+    app.include_router(v2.secured)
+    return app

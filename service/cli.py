@@ -1,0 +1,80 @@
+"""`enet-serve serve`: flags mirror the Settings fields (flags > ENET_SERVE_* environment > defaults)."""
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+import typing
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from service.settings import Settings, env_name
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per Settings field; a flag left out falls back to the environment, then the default."""
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = ",".join(default) if isinstance(default, list) else default
+        env = env_name(name)
+        help_ = f"{field.description or name} (env {env}; default: {shown if shown != [] else 'none'})".replace("%", "%%")
+        annotation = field.annotation
+        origin = typing.get_origin(annotation)
+        if annotation is bool:
+            parser.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_)
+        elif origin is typing.Literal:
+            parser.add_argument(_flag(name), dest=name, choices=list(typing.get_args(annotation)), default=None,
+                                help=help_)
+        elif annotation in (int, float, str, Path):
+            parser.add_argument(_flag(name), dest=name, type=annotation, default=None, help=help_)
+        else:  # lists: comma-separated
+            parser.add_argument(_flag(name), dest=name, default=None, metavar="A,B", help=help_)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    given = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
+    return Settings(**given)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as e:
+        print(f"enet-serve serve: invalid settings:\n{e}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from service.app import create_app
+
+    level = "DEBUG" if settings.log_level == "trace" else settings.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.repository.is_dir():
+        print(f"enet-serve serve: model repository {settings.repository} is not a directory", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        functools.partial(create_app, settings),
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="enet-serve serve", description="serve the model repository over HTTP")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

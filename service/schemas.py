@@ -1,0 +1,180 @@
+"""Response (and v2 request) models, with the examples shown by the OpenAPI docs at /docs."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable code", examples=["model_not_found"])
+    message: str = Field(description="what went wrong, for people", examples=["unknown model 'enet'; loaded: enet-camvid"])
+    details: Any | None = Field(None, description="validation errors, when there are several")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class SegmentResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [{
+        "model": "enet-camvid", "width": 480, "height": 360,
+        "classes": ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
+                    "Pedestrian", "Bicyclist", "Unlabelled"],
+        "mask_png": "iVBORw0KGgoAAAANSUhEUgAAAeAAAAFoCAMAAAC...",
+        "class_fractions": {"Sky": 0.18, "Building": 0.27, "Road": 0.31, "Car": 0.04},
+    }]})
+    model: str
+    width: int = Field(description="width of the input image (and of the mask)")
+    height: int = Field(description="height of the input image (and of the mask)")
+    classes: list[str] = Field(description="class names by index (the mask's pixel values)")
+    mask_png: str = Field(description="base64 palette PNG, width x height, pixel value = class index")
+    class_fractions: dict[str, float] = Field(description="share of the image's pixels per class")
+
+
+class Prediction(BaseModel):
+    label: str
+    index: int
+    score: float
+
+
+class ClassifyResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [{
+        "model": "lenet5-fashion",
+        "predictions": [{"label": "Ankle boot", "index": 9, "score": 0.97},
+                        {"label": "Sneaker", "index": 7, "score": 0.02}],
+    }]})
+    model: str
+    predictions: list[Prediction] = Field(description="sorted by score, highest first")
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=(), extra="allow", json_schema_extra={"examples": [{
+        "name": "enet-camvid", "task": "segment", "architecture": "enet", "version": 1, "ready": True,
+        "labels": ["Sky", "Building", "..."], "num_classes": 12,
+        "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "height": 360, "width": 480, "channels": 3,
+                  "dynamic_size": True, "size_multiple": 8},
+        "provider": "CPUExecutionProvider", "device": "cpu", "precision": "fp32", "parameters": 371000,
+        "gflops": 3.8, "reference": {"metric": "mIoU", "value": 51.3, "dataset": "CamVid test"},
+        "batching": {"max_batch_size": 8, "max_delay_ms": 5.0, "max_queue": 64, "instances": 1},
+    }]})
+    name: str
+    task: Literal["segment", "classify"]
+    architecture: str
+    version: int
+    ready: bool
+    labels: list[str]
+    num_classes: int
+    input: dict[str, Any]
+    outputs: list[dict[str, Any]]
+    provider: str = Field(description="the execution provider the session actually runs on")
+    providers: list[str]
+    device: str
+    precision: Literal["fp32", "fp16"]
+    file: str
+    parameters: int | None = None
+    gflops: float | None = None
+    reference: dict[str, Any] | None = None
+    paper: str | None = None
+    trained: bool
+    metrics: dict[str, Any] | None = None
+    batching: dict[str, Any]
+    warmup_s: float | None = None
+    colors: list[list[int]] | None = None
+    void: dict[str, Any] | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+    defaults: dict[str, str | None] = Field(description="the model each route uses without model=",
+                                            examples=[{"segment": "enet-camvid", "classify": "lenet5-fashion"}])
+
+
+class Health(BaseModel):
+    status: Literal["live", "ready", "not_ready"]
+    models: dict[str, bool] = Field(default_factory=dict)
+
+
+# -- Open Inference Protocol (KServe v2) --------------------------------------------------------------
+
+class V2Tensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: Any | None = None
+
+
+class V2RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "42",
+        "inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "UINT8", "data": [0] * 8 + ["..."]}],
+        "outputs": [{"name": "probabilities"}],
+    }]})
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[V2Tensor] = Field(min_length=1)
+    outputs: list[V2RequestedOutput] | None = None
+
+
+class V2InferResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[V2Tensor]
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+# OpenAPI snippets shared by the image routes -------------------------------------------------------------
+
+IMAGE_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "the image bytes (JPEG, PNG, WebP, GIF, BMP, TIFF), or multipart/form-data with a field `image`",
+        "content": {
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/webp": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
+                                               "properties": {"image": {"type": "string", "format": "binary"}}}},
+        },
+    }
+}
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "bad or undecodable image"},
+    401: {"model": ErrorResponse, "description": "missing or wrong API key (when keys are configured)"},
+    404: {"model": ErrorResponse, "description": "unknown model"},
+    413: {"model": ErrorResponse, "description": "body or image too large"},
+    415: {"model": ErrorResponse, "description": "unsupported media type"},
+    422: {"model": ErrorResponse, "description": "bad parameters"},
+    503: {"model": ErrorResponse, "description": "queue full or not ready (see Retry-After)"},
+    504: {"model": ErrorResponse, "description": "the deadline passed while queued"},
+}

@@ -1,0 +1,104 @@
+"""The service's settings: one pydantic-settings object, read from `ENET_SERVE_*` environment variables.
+
+Every field is also a flag of `enet-serve serve` (`max_batch_size` -> `--max-batch-size`); flags win
+over the environment, which wins over the defaults here. List fields (`models`, `api_keys`) accept
+a comma-separated string or a JSON list in the environment.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Device = Literal["auto", "cpu", "cuda", "tensorrt"]
+Precision = Literal["auto", "fp32", "fp16"]
+
+
+def cpu_count() -> int:
+    """Cores this process may use (the affinity mask, so containers limited by cpuset count right)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ENET_SERVE_", extra="ignore", validate_default=True)
+
+    # -- what to serve -------------------------------------------------------------------------
+    repository: Path = Field(Path("model_repository"), description="model repository directory")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="models to load (comma-separated); empty: all in the repository")
+    default_segment_model: str = Field("enet-camvid", description="model used by /segment without model=")
+    default_classify_model: str = Field("lenet5-fashion", description="model used by /classify without model=")
+    allow_untrained: bool = Field(False, description="load models whose config says weights.trained: false")
+    verify_sha256: bool = Field(True, description="check the ONNX files against config.json's sha256")
+
+    # -- runtime -------------------------------------------------------------------------------
+    device: Device = Field("auto", description="auto: TensorRT, else CUDA, else CPU")
+    precision: Precision = Field("auto", description="auto: fp16 on GPU, fp32 on CPU")
+    intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per session; 0: all cores / instances")
+    trt_cache_dir: Path = Field(Path(".trt_cache"), description="TensorRT engine and timing cache directory")
+
+    # -- batching ------------------------------------------------------------------------------
+    max_batch_size: int = Field(8, ge=1, le=256, description="largest batch the batcher forms")
+    tune_batch_size: bool = Field(
+        True, description="at warm-up, time batch sizes up to max_batch_size and batch at most up to the smallest "
+        "one within 3 percent of the best images/s (on CPU, large batches of big inputs are often slower per image)")
+    max_delay_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests after its first")
+    max_queue: int = Field(64, ge=1, description="requests waiting per model; past it 503 with Retry-After")
+    request_timeout_s: float = Field(30.0, gt=0, description="deadline of a request in the queue; past it 504")
+    instances: int = Field(1, ge=1, le=16, description="sessions per model that run batches concurrently")
+    native_size: bool = Field(
+        False, description="run dynamic-size models (ENet) at the image's own size (padded to the size multiple) "
+        "instead of resizing to the native size; batches only same-shape requests")
+
+    # -- requests ------------------------------------------------------------------------------
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="accepted API keys (comma-separated); empty: no authentication")
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body; past it 413")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (width x height); past it 413")
+    decode_threads: int = Field(0, ge=0, description="threads for decoding and encoding; 0: the number of cores")
+    png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of mask PNGs (RLE strategy)")
+    overlay_alpha: float = Field(0.5, ge=0, le=1, description="default weight of the mask colours in format=overlay")
+
+    # -- server --------------------------------------------------------------------------------
+    host: str = Field("0.0.0.0", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field("info", description="log level")
+    access_log: bool = Field(True, description="log one line per request")
+
+    @field_validator("models", "api_keys", mode="before")
+    @classmethod
+    def _split_list(cls, value):
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                value = json.loads(text)
+            else:
+                value = text.split(",")
+        if isinstance(value, (list, tuple)):
+            return [str(v).strip() for v in value if str(v).strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value):
+        return value.lower() if isinstance(value, str) else value
+
+    # -- derived -------------------------------------------------------------------------------
+    def session_threads(self) -> int:
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return max(1, cpu_count() // self.instances)
+
+    def codec_threads(self) -> int:
+        return self.decode_threads or cpu_count()
+
+
+def env_name(field: str) -> str:
+    return f"ENET_SERVE_{field.upper()}"

@@ -1,0 +1,246 @@
+"""service/batching.py with fake runners: batch forming, routing of results, limits, deadlines, instances."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.batching import Batcher, BatchObserver
+from service.errors import DeadlineExceeded, InferenceFailed, QueueFull
+
+
+class Recorder(BatchObserver):
+    def __init__(self):
+        self.sizes: list[int] = []
+        self.expired_count = 0
+
+    def batch(self, size, inference_s, waits_s):
+        self.sizes.append(size)
+
+    def expired(self):
+        self.expired_count += 1
+
+
+def doubling_runner(delay: float = 0.0, seen: list | None = None, gate: threading.Event | None = None):
+    def run(arrays):
+        if gate is not None:
+            gate.wait(10)
+        if delay:
+            time.sleep(delay)
+        if seen is not None:
+            seen.append([int(a.ravel()[0]) for a in arrays])
+        x = np.stack(arrays)
+        return [x * 2, x.reshape(len(arrays), -1).sum(axis=1)]
+    return run
+
+
+def item(v: int, shape=(2, 2, 1)) -> np.ndarray:
+    return np.full(shape, v, np.int64)
+
+
+async def _started(batcher: Batcher) -> Batcher:
+    batcher.start()
+    return batcher
+
+
+async def test_each_caller_gets_its_own_row():
+    rec = Recorder()
+    b = await _started(Batcher("m", [doubling_runner(0.01)], max_batch_size=8, max_delay_ms=20, observer=rec))
+    try:
+        results = await asyncio.gather(*(b.submit(item(i)) for i in range(40)))
+        for i, (doubled, total) in enumerate(results):
+            assert (doubled == 2 * i).all() and total == 4 * i
+        assert sum(rec.sizes) == 40 and max(rec.sizes) > 1 and max(rec.sizes) <= 8
+    finally:
+        await b.stop()
+
+
+async def test_lone_request_does_not_wait_for_the_delay():
+    b = await _started(Batcher("m", [doubling_runner()], max_batch_size=8, max_delay_ms=2000))
+    try:
+        t0 = time.perf_counter()
+        await b.submit(item(1))
+        assert time.perf_counter() - t0 < 1.0
+    finally:
+        await b.stop()
+
+
+async def test_announced_requests_are_waited_for():
+    rec = Recorder()
+    b = await _started(Batcher("m", [doubling_runner()], max_batch_size=8, max_delay_ms=300, observer=rec))
+    try:
+        async def late(v):
+            with b.announce() as a:
+                await asyncio.sleep(0.05)  # "decoding"
+                a.done()
+                return await b.submit(item(v))
+
+        async def early():
+            with b.announce() as a:
+                a.done()
+                return await b.submit(item(0))
+
+        await asyncio.gather(early(), late(1), late(2))
+        assert rec.sizes == [3]
+    finally:
+        await b.stop()
+
+
+async def test_requests_pile_up_while_the_instance_is_busy():
+    rec = Recorder()
+    gate = threading.Event()
+    b = await _started(Batcher("m", [doubling_runner(gate=gate)], max_batch_size=4, max_delay_ms=0, observer=rec))
+    try:
+        first = asyncio.ensure_future(b.submit(item(100)))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(b.submit(item(i))) for i in range(6)]
+        await asyncio.sleep(0.05)
+        assert b.depth == 6
+        gate.set()
+        await asyncio.gather(first, *rest)
+        assert rec.sizes == [1, 4, 2]
+    finally:
+        await b.stop()
+
+
+async def test_queue_bound_gives_queue_full():
+    gate = threading.Event()
+    b = await _started(Batcher("m", [doubling_runner(gate=gate)], max_batch_size=1, max_queue=3))
+    try:
+        running = asyncio.ensure_future(b.submit(item(0)))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(b.submit(item(i))) for i in range(3)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull) as e:
+            await b.submit(item(9))
+        assert e.value.status == 503 and "Retry-After" in e.value.headers
+        gate.set()
+        await asyncio.gather(running, *queued)
+    finally:
+        gate.set()
+        await b.stop()
+
+
+async def test_deadline_in_queue_gives_504_and_is_never_run():
+    seen: list = []
+    gate = threading.Event()
+    rec = Recorder()
+    b = await _started(Batcher("m", [doubling_runner(seen=seen, gate=gate)], max_batch_size=8, timeout_s=0.2,
+                               observer=rec))
+    try:
+        blocker = asyncio.ensure_future(b.submit(item(1), timeout_s=30))
+        await asyncio.sleep(0.05)
+        t0 = time.perf_counter()
+        with pytest.raises(DeadlineExceeded) as e:
+            await b.submit(item(2))
+        assert e.value.status == 504 and time.perf_counter() - t0 < 2
+        gate.set()
+        await blocker
+        after = await b.submit(item(3))
+        assert (after[0] == 6).all()
+        assert seen == [[1], [3]]  # item 2 never ran
+        assert rec.expired_count == 1
+    finally:
+        gate.set()
+        await b.stop()
+
+
+async def test_cancelled_caller_is_not_run():
+    seen: list = []
+    gate = threading.Event()
+    b = await _started(Batcher("m", [doubling_runner(seen=seen, gate=gate)], max_batch_size=8))
+    try:
+        blocker = asyncio.ensure_future(b.submit(item(1)))
+        await asyncio.sleep(0.05)
+        gone = asyncio.ensure_future(b.submit(item(2)))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        gate.set()
+        await blocker
+        await b.submit(item(3))
+        assert [2] not in seen and all(2 not in s for s in seen)
+    finally:
+        gate.set()
+        await b.stop()
+
+
+async def test_batches_only_same_shape_keys():
+    seen_shapes: list = []
+
+    def run(arrays):
+        seen_shapes.append({a.shape for a in arrays})
+        time.sleep(0.01)
+        return [np.stack(arrays)]
+
+    b = await _started(Batcher("m", [run], max_batch_size=8, max_delay_ms=50))
+    try:
+        shapes = [(2, 2, 1), (4, 2, 1)] * 8
+        results = await asyncio.gather(*(b.submit(np.full(s, i), key=s) for i, s in enumerate(shapes)))
+        for i, (s, (out,)) in enumerate(zip(shapes, results)):
+            assert out.shape == s and (out == i).all()
+        assert all(len(group) == 1 for group in seen_shapes)
+    finally:
+        await b.stop()
+
+
+async def test_instances_run_batches_concurrently():
+    active = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def run(arrays):
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.05)
+        with lock:
+            active -= 1
+        return [np.stack(arrays)]
+
+    b = await _started(Batcher("m", [run, run], max_batch_size=1))
+    try:
+        await asyncio.gather(*(b.submit(item(i)) for i in range(6)))
+        assert peak == 2
+    finally:
+        await b.stop()
+
+
+async def test_failed_batch_fails_its_callers_only():
+    calls = 0
+
+    def run(arrays):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("boom")
+        return [np.stack(arrays)]
+
+    b = await _started(Batcher("m", [run], max_batch_size=1))
+    try:
+        with pytest.raises(InferenceFailed):
+            await b.submit(item(1))
+        (out,) = await b.submit(item(2))
+        assert (out == 2).all()
+    finally:
+        await b.stop()
+
+
+async def test_stop_fails_what_is_queued_and_finishes_what_runs():
+    gate = threading.Event()
+    b = await _started(Batcher("m", [doubling_runner(gate=gate)], max_batch_size=1, max_delay_ms=1000))
+    running = asyncio.ensure_future(b.submit(item(1)))
+    await asyncio.sleep(0.05)
+    queued = asyncio.ensure_future(b.submit(item(2)))
+    await asyncio.sleep(0.01)
+    stopping = asyncio.ensure_future(b.stop())
+    await asyncio.sleep(0.05)
+    gate.set()
+    await stopping
+    assert (await running)[0][0, 0, 0] == 2
+    with pytest.raises(Exception) as e:
+        await queued
+    assert getattr(e.value, "status", None) == 503

@@ -1,0 +1,99 @@
+"""service/settings.py and service/cli.py: ENET_SERVE_* variables and the matching flags."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service import cli
+from service.settings import Settings
+
+
+def test_defaults():
+    s = Settings()
+    assert s.device == "auto" and s.precision == "auto"
+    assert s.default_segment_model == "enet-camvid" and s.default_classify_model == "lenet5-fashion"
+    assert s.api_keys == [] and s.models == [] and s.allow_untrained is False
+    assert s.session_threads() >= 1
+
+
+def test_from_env(monkeypatch):
+    env = {
+        "ENET_SERVE_REPOSITORY": "/srv/models",
+        "ENET_SERVE_MODELS": "enet-camvid, lenet5-fashion",
+        "ENET_SERVE_DEVICE": "cpu",
+        "ENET_SERVE_PRECISION": "fp32",
+        "ENET_SERVE_MAX_BATCH_SIZE": "3",
+        "ENET_SERVE_MAX_DELAY_MS": "2.5",
+        "ENET_SERVE_MAX_QUEUE": "7",
+        "ENET_SERVE_REQUEST_TIMEOUT_S": "1.5",
+        "ENET_SERVE_INSTANCES": "2",
+        "ENET_SERVE_API_KEYS": '["k1", "k2"]',
+        "ENET_SERVE_MAX_BODY_BYTES": "1000",
+        "ENET_SERVE_MAX_IMAGE_PIXELS": "2000",
+        "ENET_SERVE_ALLOW_UNTRAINED": "true",
+        "ENET_SERVE_DEFAULT_SEGMENT_MODEL": "s",
+        "ENET_SERVE_DEFAULT_CLASSIFY_MODEL": "c",
+        "ENET_SERVE_HOST": "127.0.0.1",
+        "ENET_SERVE_PORT": "9000",
+        "ENET_SERVE_LOG_LEVEL": "WARNING",
+        "ENET_SERVE_NATIVE_SIZE": "1",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = Settings()
+    assert s.repository == Path("/srv/models")
+    assert s.models == ["enet-camvid", "lenet5-fashion"]
+    assert (s.device, s.precision) == ("cpu", "fp32")
+    assert (s.max_batch_size, s.max_delay_ms, s.max_queue, s.request_timeout_s, s.instances) == (3, 2.5, 7, 1.5, 2)
+    assert s.api_keys == ["k1", "k2"]
+    assert (s.max_body_bytes, s.max_image_pixels) == (1000, 2000)
+    assert s.allow_untrained and s.native_size
+    assert (s.default_segment_model, s.default_classify_model) == ("s", "c")
+    assert (s.host, s.port, s.log_level) == ("127.0.0.1", 9000, "warning")
+
+
+@pytest.mark.parametrize("key,value", [("ENET_SERVE_DEVICE", "tpu"), ("ENET_SERVE_MAX_BATCH_SIZE", "0"),
+                                       ("ENET_SERVE_PRECISION", "int8")])
+def test_invalid_env(monkeypatch, key, value):
+    monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_cli_flags_mirror_fields_and_override_env(monkeypatch):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    flags = {a.dest for a in parser._actions}
+    assert set(Settings.model_fields) <= flags
+    monkeypatch.setenv("ENET_SERVE_MAX_BATCH_SIZE", "5")
+    monkeypatch.setenv("ENET_SERVE_PORT", "9001")
+    args = parser.parse_args(["--max-batch-size", "2", "--api-keys", "a,b", "--allow-untrained", "--device", "cpu",
+                              "--repository", "/tmp/r"])
+    s = cli.settings_from_args(args)
+    assert s.max_batch_size == 2 and s.port == 9001  # flag wins; env fills the rest
+    assert s.api_keys == ["a", "b"] and s.allow_untrained and s.device == "cpu"
+    assert s.repository == Path("/tmp/r")
+
+
+def test_cli_rejects_bad_values(capsys, tmp_path):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--max-batch-size", "0", "--repository", str(tmp_path)])
+    assert cli.run(args) == 2
+    assert "max_batch_size" in capsys.readouterr().err
+
+
+def test_service_never_imports_torch():
+    import subprocess
+    import sys
+
+    from svc_helpers import REPO_ROOT
+
+    code = ("import sys, service.app, service.cli, service.server; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'models', 'export', 'training')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -1,0 +1,45 @@
+"""The `enet-serve` console script and the boundaries between the packages."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from enet_serve.cli import main
+from models import list_models
+
+ARCHITECTURES = ["enet", "lenet5", "alexnet", "vgg16", "nin", "googlenet", "inception_v3", "resnet18", "resnet34",
+                 "resnet50", "resnet101", "resnet152", "squeezenet1_0", "squeezenet1_1", "mobilenet_v1",
+                 "mobilenet_v2", "xception"]
+
+
+def test_models_table_lists_every_architecture(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0] for line in out.splitlines()[1:]}
+    assert set(ARCHITECTURES) <= rows
+    assert "353,378" in out and "11,689,512" in out  # enet, resnet18 parameters
+
+
+def test_models_json_by_task(capsys):
+    assert main(["models", "--task", "segment", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == list_models("segment") == ["enet"]
+    assert rows[0]["input"] == "3x360x480" and rows[0]["gflops"] > 0
+
+
+def test_unknown_command_exits_with_usage():
+    with pytest.raises(SystemExit) as e:
+        main(["frobnicate"])
+    assert e.value.code == 2
+
+
+def test_serving_never_imports_torch_or_the_training_packages():
+    # The serving image has only onnxruntime and FastAPI: importing the app and the serve command must not
+    # pull in torch, models/, export/ or training/.
+    code = ("import sys, service.app, service.cli, enet_serve.cli;"
+            "enet_serve.cli.build_parser(['serve']);"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'models', 'export', 'training'});"
+            "print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
