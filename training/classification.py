@@ -26,7 +26,7 @@ from training.datasets import FashionMNIST
 @dataclasses.dataclass
 class ClassificationRecipe:
     arch: str = "lenet5"
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 1e-4
