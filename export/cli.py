@@ -1,0 +1,46 @@
+"""`enet-serve export ARCH [--name NAME] (--weights FILE | --random-init) [--num-classes K]
+[--precision fp32,fp16] [--repository DIR]`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from export.repository import DEFAULT_REPOSITORY
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("arch", metavar="ARCH", help="a registered architecture (see `enet-serve models`)")
+    p.add_argument("--name", help="model name in the repository (default: ARCH)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", type=Path, metavar="FILE",
+                        help="a torchvision .pth state_dict or a checkpoint of `enet-serve train`")
+    source.add_argument("--random-init", action="store_true", help="random weights (the config says untrained)")
+    p.add_argument("--num-classes", type=int, metavar="K", help="outputs of the model (default: the checkpoint's, "
+                   "else the architecture's)")
+    p.add_argument("--precision", default="fp32,fp16", help="comma-separated: fp32, fp16 (default: both)")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
+                   help=f"model repository directory (default: {DEFAULT_REPOSITORY})")
+    p.add_argument("--no-check", action="store_true", help="skip the checks against PyTorch (not for shipping)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from export.errors import ExportError
+    from export.exporter import export
+
+    try:
+        result = export(args.arch, args.repository, args.name, weights=args.weights, random_init=args.random_init,
+                        num_classes=args.num_classes, precisions=args.precision, check=not args.no_check)
+    except ExportError as e:
+        print(f"enet-serve export: error: {e}", file=sys.stderr)
+        return 1
+    for r in result.checks:
+        print(f"  {r.line()}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    cfg = result.config
+    files = ", ".join(f"{p} {f['bytes'] / 1e6:.1f} MB" for p, f in cfg["files"].items())
+    trained = "trained" if cfg["weights"]["trained"] else "UNTRAINED (random init)"
+    print(f"{cfg['name']}: {cfg['architecture']} {cfg['task']}, {cfg['parameters']:,} parameters, "
+          f"{trained}, exported to {result.path} ({files})")
+    return 0
