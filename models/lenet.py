@@ -56,9 +56,9 @@ class LeNet5(nn.Module):
     gflops=0.000833,
     reference={
         "metric": "top1",
-        "value": 90.0,
+        "value": 91.23,
         "dataset": "Fashion-MNIST test",
-        "source": "TARGET (>= 90%), not a measurement: the trained accuracy replaces it once training has run",
+        "source": "this project's models/weights/lenet5-fashion.pth (enet-serve train lenet5-fashion, 60 epochs)",
     },
     paper="Y. LeCun, L. Bottou, Y. Bengio, P. Haffner, 1998. Gradient-Based Learning Applied to Document "
     "Recognition. Proc. IEEE 86(11):2278-2324 (no arXiv id). Paper: LeNet-5 0.95% test error on MNIST "
