@@ -7,7 +7,6 @@ crop of the image padded by 2 pixels.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -18,9 +17,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from models import get_model, get_spec
-from training.checkpoint import load_checkpoint, save_atomic, ship_weights
-from training.common import Normalize, hardware, pick_device, restore_rng, rng_state, seed_everything
+from training.checkpoint import ship_weights
+from training.common import Normalize, hardware, pick_device, seed_everything, torch_predictor
 from training.datasets import FashionMNIST
+from training.run import TrainingRun
 
 
 @dataclasses.dataclass
@@ -70,30 +70,15 @@ def train_classification(data: Path, run_dir: Path, recipe: ClassificationRecipe
     spec = get_spec(recipe.arch)
     model = get_model(recipe.arch).to(dev)
     normalize = Normalize(spec).to(dev)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    state = load_checkpoint(last_path) if resume else None  # fail before reading the data
+    run = TrainingRun(run_dir, recipe, spec.num_classes, resume, command, hardware(dev))
     train, test = FashionMNIST(data, "train"), FashionMNIST(data, "test")
     train_x, train_y = to_native_size(train.images[:limit], spec.input_size), train.targets[:limit]
     test_x, test_y = to_native_size(test.images[:limit], spec.input_size), test.targets[:limit]
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
 
-    @torch.no_grad()
-    def predict(images: torch.Tensor) -> torch.Tensor:
-        model.eval()
-        return model(normalize(images.to(dev))).argmax(1).cpu()
-
-    start_epoch, best, history, wall = 0, -1.0, [], 0.0
-    # Every command that (re)started this run, for the record in the shipped weights and config.json.
-    commands = (state or {}).get("commands", []) + ([command] if command else [])
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best, history, wall = state["epoch"] + 1, state["best_top1"], state["history"], state["wall_time_s"]
-        restore_rng(state)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-    entry: dict = history[-1] if history else {}
-    bar = tqdm(range(start_epoch, recipe.epochs), desc=f"{recipe.arch} fashion-mnist", initial=start_epoch,
+    predict = torch_predictor(model, normalize, dev)
+    run.restore(model, optimizer)
+    bar = tqdm(range(run.start_epoch, recipe.epochs), desc=f"{recipe.arch} fashion-mnist", initial=run.start_epoch,
                total=recipe.epochs, disable=not progress)
     for epoch in bar:
         t0 = time.time()
@@ -113,21 +98,10 @@ def train_classification(data: Path, run_dir: Path, recipe: ClassificationRecipe
         top1 = evaluate_classification(predict, test_x, test_y)
         entry = {"epoch": epoch, "loss": sum(losses) / len(losses), "lr": lr, "test_top1": top1,
                  "seconds": round(time.time() - t0, 1)}
-        if top1 > best:
-            best = top1
-            save_atomic({"arch": recipe.arch, "num_classes": spec.num_classes, "model": model.state_dict(),
-                         "epoch": epoch, "metrics": {"test": {"top1": top1}}}, best_path)
-        wall += time.time() - t0
-        history.append(entry)
+        run.end_epoch(model, optimizer, entry, t0, top1, {"test": {"top1": top1}})
         bar.set_postfix(loss=f"{entry['loss']:.3f}", top1=f"{top1:.2f}")
-        save_atomic({"arch": recipe.arch, "num_classes": spec.num_classes, "model": model.state_dict(),
-                     "metrics": {"test": {"top1": top1}}, "optimizer": optimizer.state_dict(), "epoch": epoch, "best_top1": best, "history": history,
-                     "wall_time_s": wall, **rng_state(), "recipe": dataclasses.asdict(recipe), "commands": commands,
-                     "hardware": hardware(dev)}, last_path)
-        with open(run_dir / "history.jsonl", "a") as f:
-            f.write(json.dumps(entry) + "\n")
 
     if weights_out is not None:
         # The last epoch is shipped: the test set must not pick the model (best.pt is kept for reference).
         ship_weights(run_dir, weights_out, pick="last")
-    return entry
+    return run.last_entry

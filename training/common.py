@@ -56,3 +56,14 @@ class Normalize(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() - self.mean) / self.std
+
+
+def torch_predictor(model: torch.nn.Module, normalize: Normalize, device: torch.device):
+    """predict(uint8 NCHW) -> class indices (argmax over dim 1: classes, or classes per pixel)."""
+
+    @torch.no_grad()
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        model.eval()
+        return model(normalize(images.to(device))).argmax(1).cpu()
+
+    return predict

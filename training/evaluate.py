@@ -15,9 +15,9 @@ import torch
 from models import get_model, get_spec
 from models.labels import load_labels
 from training.classification import evaluate_classification, to_native_size
-from training.common import Normalize, pick_device
+from training.common import Normalize, pick_device, torch_predictor
 from training.datasets import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST, CamVid, FashionMNIST
-from training.segmentation import evaluate_segmentation, torch_predictor
+from training.segmentation import evaluate_segmentation
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

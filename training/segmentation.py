@@ -9,7 +9,6 @@ follows a cosine from lr to lr/100 over all epochs.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -22,10 +21,11 @@ from tqdm import tqdm
 from models import get_model, get_spec
 from models.labels import load_labels
 from training.augment import SegmentationAugment
-from training.checkpoint import load_checkpoint, save_atomic, ship_weights
-from training.common import Normalize, hardware, pick_device, restore_rng, rng_state, seed_everything
+from training.checkpoint import ship_weights
+from training.common import Normalize, hardware, pick_device, seed_everything, torch_predictor
 from training.datasets import CAMVID_NUM_CLASSES, CAMVID_VOID, CamVid, enet_class_weights
 from training.metrics import ConfusionMatrix
+from training.run import TrainingRun
 
 
 @dataclasses.dataclass
@@ -52,15 +52,6 @@ def evaluate_segmentation(predict, dataset: CamVid, batch_size: int = 4, progres
     return cm
 
 
-def torch_predictor(model: torch.nn.Module, normalize: Normalize, device: torch.device):
-    @torch.no_grad()
-    def predict(images: torch.Tensor) -> torch.Tensor:
-        model.eval()
-        return model(normalize(images.to(device))).argmax(1).cpu()
-
-    return predict
-
-
 def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, resume: bool = False,
                        device: str = "auto", threads: int | None = None, weights_out: Path | None = None, limit: int | None = None,
                        progress: bool = True, command: str | None = None) -> dict:
@@ -75,8 +66,7 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
     model = get_model(recipe.arch, num_classes=CAMVID_NUM_CLASSES).to(dev)
     normalize = Normalize(spec).to(dev)
 
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    state = load_checkpoint(last_path) if resume else None  # fail before reading the data
+    run = TrainingRun(run_dir, recipe, CAMVID_NUM_CLASSES, resume, command, hardware(dev))
     train_set = CamVid(data, "train", limit=limit)
     val_set = CamVid(data, "val", limit=limit)
     class_weights = enet_class_weights(train_set.class_frequencies()).float().to(dev)
@@ -86,18 +76,8 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
         t = min(epoch / max(1, recipe.epochs - 1), 1.0)
         return recipe.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
-    start_epoch, best, history, wall = 0, -1.0, [], 0.0
-    # Every command that (re)started this run, for the record in the shipped weights and config.json.
-    commands = (state or {}).get("commands", []) + ([command] if command else [])
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best, history, wall = state["epoch"] + 1, state["best_miou"], state["history"], state["wall_time_s"]
-        restore_rng(state)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-    entry: dict = history[-1] if history else {}
-    bar = tqdm(range(start_epoch, recipe.epochs), desc=f"{recipe.arch} camvid", initial=start_epoch,
+    run.restore(model, optimizer)
+    bar = tqdm(range(run.start_epoch, recipe.epochs), desc=f"{recipe.arch} camvid", initial=run.start_epoch,
                total=recipe.epochs, disable=not progress)
     for epoch in bar:
         t0 = time.time()
@@ -116,27 +96,16 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.3f}", miou=f"{best:.1f}" if best >= 0 else "-")
+            bar.set_postfix(loss=f"{loss.item():.3f}", miou=f"{run.best_score:.1f}")
         entry = {"epoch": epoch, "loss": sum(losses) / len(losses), "lr": lr_at(epoch),
                  "crop": list(crop), "seconds": round(time.time() - t0, 1)}
-        last = epoch == recipe.epochs - 1
-        if (epoch + 1) % recipe.eval_every == 0 or full or last:
-            cm = evaluate_segmentation(torch_predictor(model, normalize, dev), val_set)
-            entry["val"] = cm.summary(labels)
-            if entry["val"]["mIoU"] > best:
-                best = entry["val"]["mIoU"]
-                save_atomic({"arch": recipe.arch, "num_classes": CAMVID_NUM_CLASSES, "model": model.state_dict(),
-                             "epoch": epoch, "metrics": {"val": entry["val"]}}, best_path)
-        wall += time.time() - t0
-        history.append(entry)
-        bar.set_postfix(loss=f"{entry['loss']:.3f}", miou=f"{best:.1f}")
-        save_atomic({"arch": recipe.arch, "num_classes": CAMVID_NUM_CLASSES, "model": model.state_dict(),
-                     "optimizer": optimizer.state_dict(), "epoch": epoch, "best_miou": best, "history": history,
-                     "wall_time_s": wall, **rng_state(), "recipe": dataclasses.asdict(recipe), "commands": commands,
-                     "hardware": hardware(dev)}, last_path)
-        with open(run_dir / "history.jsonl", "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        score = metrics = None
+        if (epoch + 1) % recipe.eval_every == 0 or full or epoch == recipe.epochs - 1:
+            entry["val"] = evaluate_segmentation(torch_predictor(model, normalize, dev), val_set).summary(labels)
+            score, metrics = entry["val"]["mIoU"], {"val": entry["val"]}
+        run.end_epoch(model, optimizer, entry, t0, score, metrics)
+        bar.set_postfix(loss=f"{entry['loss']:.3f}", miou=f"{run.best_score:.1f}")
 
-    if weights_out is not None and best_path.is_file():
+    if weights_out is not None and run.best_path.is_file():
         ship_weights(run_dir, weights_out, pick="best")  # chosen on val; the test split stays unseen
-    return entry
+    return run.last_entry

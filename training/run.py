@@ -1,0 +1,61 @@
+"""One training run's state on disk: resume, per-epoch checkpoints, the best epoch, the history."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from training.checkpoint import load_checkpoint, save_atomic
+from training.common import restore_rng, rng_state
+
+
+class TrainingRun:
+    """`run_dir/last.pt` (everything --resume needs), `best.pt` (the best-scoring epoch's weights and
+    scores) and `history.jsonl` (one line per epoch). A missing checkpoint fails at construction,
+    before any data is read."""
+
+    def __init__(self, run_dir: Path, recipe, num_classes: int, resume: bool, command: str | None, hardware: str):
+        self.run_dir, self.num_classes = run_dir, num_classes
+        self.last_path, self.best_path = run_dir / "last.pt", run_dir / "best.pt"
+        self.recipe, self.hardware = recipe, hardware
+        self._state = load_checkpoint(self.last_path) if resume else None
+        self.start_epoch, self.best_score, self.history, self.wall_time_s = 0, float("-inf"), [], 0.0
+        # Every command that (re)started this run, for the record in the shipped weights and config.json.
+        self.commands = (self._state or {}).get("commands", []) + ([command] if command else [])
+
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Load the model, optimizer, progress and random generators of last.pt (when resuming)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self._state is None:
+            return
+        state, self._state = self._state, None
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        self.start_epoch, self.best_score = state["epoch"] + 1, state["best_score"]
+        self.history, self.wall_time_s = state["history"], state["wall_time_s"]
+        restore_rng(state)
+
+    @property
+    def last_entry(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+    def end_epoch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, entry: dict, started: float,
+                  score: float | None = None, metrics: dict | None = None) -> None:
+        """Record an epoch: best.pt when `score` beats the best so far, then last.pt and the history."""
+        common = {"arch": self.recipe.arch, "num_classes": self.num_classes, "model": model.state_dict(),
+                  "epoch": entry["epoch"], "metrics": metrics}
+        if score is not None and score > self.best_score:
+            self.best_score = score
+            save_atomic(common, self.best_path)
+        self.wall_time_s += time.time() - started
+        self.history.append(entry)
+        save_atomic({**common, "optimizer": optimizer.state_dict(), "best_score": self.best_score,
+                     "history": self.history, "wall_time_s": self.wall_time_s, **rng_state(),
+                     "recipe": dataclasses.asdict(self.recipe), "commands": self.commands,
+                     "hardware": self.hardware}, self.last_path)
+        with open(self.run_dir / "history.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
