@@ -48,8 +48,8 @@ export-shipped: $(VENV)/.installed-dev
 	$(BIN)/enet-serve export lenet5 --name lenet5-fashion --weights models/weights/lenet5-fashion.pth
 
 bench: $(VENV)/.installed-dev
-	$(BIN)/python -m bench.onnx_runtime
-	$(BIN)/python -m bench.load
+	$(BIN)/enet-serve bench runtime model_repository/enet-camvid
+	$(BIN)/enet-serve bench load
 
 clean:
 	rm -rf $(VENV) .pytest_cache

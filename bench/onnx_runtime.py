@@ -137,8 +137,7 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.onnx_runtime", description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", type=Path, help=f"an .onnx file or a model directory (default {DEFAULT_MODEL})")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="file of a model directory")
     p.add_argument("--batch", default="1,2,4,8", help="comma-separated batch sizes (default 1,2,4,8)")
@@ -151,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="print the top ops from onnxruntime's profiler")
     p.add_argument("--top", type=int, default=15, help="rows of the profile tables")
     p.add_argument("--save-optimized", type=Path, help="write the graph as optimised by onnxruntime here")
-    args = p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
 
     with tempfile.TemporaryDirectory(prefix="enet-bench-") as tmp:
@@ -177,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
                 prof.run(None, feed)
             print_profile(prof.end_profiling(), args.top)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.onnx_runtime", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -43,3 +43,14 @@ def test_serving_never_imports_torch_or_the_training_packages():
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_bench_runtime_measures_a_shipped_graph(capsys):
+    from training.evaluate import REPO_ROOT
+
+    model = REPO_ROOT / "model_repository" / "lenet5-fashion"
+    assert main(["bench", "runtime", str(model), "--batch", "1,4", "--warmup", "1", "--runs", "3",
+                 "--seconds", "0.05"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] in (["1"], ["4"])]
+    assert [r[0] for r in rows] == ["1", "4"]
+    assert all(float(r[2]) > 0 for r in rows)  # ms per frame

@@ -1,0 +1,23 @@
+"""`enet-serve bench runtime|load`: the raw onnxruntime limit of a graph, and the service under load."""
+from __future__ import annotations
+
+import argparse
+
+from bench import load, onnx_runtime
+
+BENCHMARKS = {
+    "runtime": (onnx_runtime, "an ONNX graph in-process with onnxruntime: ms per frame at batch 1..8 (the limit)"),
+    "load": (load, "the service over HTTP with concurrent clients, against the in-process limit"),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, (module, help_) in BENCHMARKS.items():
+        q = sub.add_parser(name, help=help_, description=help_)
+        module.add_arguments(q)
+        q.set_defaults(_bench=module.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return args._bench(args)
