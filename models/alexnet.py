@@ -9,18 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.registry import register_model
-
-_IMAGENET = dict(
-    task="classify",
-    input_size=(224, 224),
-    input_channels=3,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-    labels="imagenet1k",
-    num_classes=1000,
-    torchvision_compatible=True,
-)
+from models.registry import IMAGENET_CLASSIFIER, register_model
 
 
 class AlexNet(nn.Module):
@@ -62,6 +51,8 @@ class AlexNet(nn.Module):
 # gflops: FlopCounterMode total / 1e9 (2 flops per multiply-add; conv and linear only), 224x224, batch 1.
 @register_model(
     name="alexnet",
+    **IMAGENET_CLASSIFIER,
+    input_size=(224, 224),
     params=61_100_840,
     gflops=1.428,
     reference={"metric": "top1", "value": 56.522, "dataset": "ImageNet-1k val",
@@ -69,7 +60,7 @@ class AlexNet(nn.Module):
     paper="A. Krizhevsky, I. Sutskever, G. E. Hinton, 2012. ImageNet Classification with Deep Convolutional "
     "Neural Networks (NIPS 2012); layer sizes of A. Krizhevsky, 2014. One weird trick for parallelizing "
     "convolutional neural networks, arXiv:1404.5997",
-    **_IMAGENET,
+    torchvision_compatible=True,
 )
 def alexnet(*, num_classes: int = 1000, dropout: float = 0.5) -> AlexNet:
     return AlexNet(num_classes=num_classes, dropout=dropout)

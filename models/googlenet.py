@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.registry import register_model
+from models.checkpoints import load_state_dict_without_absent_heads
+from models.registry import IMAGENET_CLASSIFIER, register_model
 
 AUX_HEADS = ("aux1", "aux2")
 
@@ -43,6 +44,15 @@ class BasicConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+def imagenet_to_tf_range(x: Tensor) -> Tensor:
+    """ImageNet mean/std normalised input -> (x - 0.5) / 0.5 of the 0..1 image, as torchvision's
+    `transform_input` (GoogLeNet and Inception v3) for their weights ported from TensorFlow."""
+    x_ch0 = torch.unsqueeze(x[:, 0], 1) * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
+    x_ch1 = torch.unsqueeze(x[:, 1], 1) * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
+    x_ch2 = torch.unsqueeze(x[:, 2], 1) * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
+    return torch.cat((x_ch0, x_ch1, x_ch2), 1)
 
 
 class Inception(nn.Module):
@@ -148,13 +158,7 @@ class GoogLeNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def _transform_input(self, x: Tensor) -> Tensor:
-        # ImageNet mean/std normalised input -> (x - 0.5) / 0.5 of the 0..1 image, as torchvision.
-        if self.transform_input:
-            x_ch0 = torch.unsqueeze(x[:, 0], 1) * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
-            x_ch1 = torch.unsqueeze(x[:, 1], 1) * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
-            x_ch2 = torch.unsqueeze(x[:, 2], 1) * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
-            x = torch.cat((x_ch0, x_ch1, x_ch2), 1)
-        return x
+        return imagenet_to_tf_range(x) if self.transform_input else x
 
     def forward(self, x: Tensor) -> Tensor | GoogLeNetOutputs:
         """Logits; in training mode with aux_logits, GoogLeNetOutputs(logits, aux2, aux1) like torchvision."""
@@ -178,21 +182,14 @@ class GoogLeNet(nn.Module):
 def load_torchvision_state_dict(model: GoogLeNet, state_dict: Mapping[str, Tensor]):
     """Load a torchvision GoogLeNet state_dict strictly, dropping the aux-head weights (`aux1.*`,
     `aux2.*`) when `model` was built without them. Returns load_state_dict's result."""
-    absent = tuple(f"{name}." for name in AUX_HEADS if getattr(model, name, None) is None)
-    kept = {k: v for k, v in state_dict.items() if not (absent and k.startswith(absent))}
-    return model.load_state_dict(kept, strict=True)
+    return load_state_dict_without_absent_heads(model, state_dict, AUX_HEADS)
 
 
 # gflops: FlopCounterMode total / 1e9 (2 flops per multiply-add; conv and linear only), 224x224, batch 1.
 @register_model(
     name="googlenet",
-    task="classify",
+    **IMAGENET_CLASSIFIER,
     input_size=(224, 224),
-    input_channels=3,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-    labels="imagenet1k",
-    num_classes=1000,
     params=6_624_904,
     gflops=2.997,
     reference={"metric": "top1", "value": 69.778, "dataset": "ImageNet-1k val",

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.registry import register_model
+from models.checkpoints import load_state_dict_without_absent_heads
+from models.googlenet import BasicConv2d, imagenet_to_tf_range  # shared with GoogLeNet (Inception v1)
+from models.registry import IMAGENET_CLASSIFIER, register_model
 
 AUX_HEADS = ("AuxLogits",)
 
@@ -27,18 +29,6 @@ AUX_HEADS = ("AuxLogits",)
 class InceptionOutputs(NamedTuple):
     logits: Tensor
     aux_logits: Tensor | None
-
-
-class BasicConv2d(nn.Module):
-    """Convolution (no bias), batch norm (eps 1e-3), ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int, **kwargs) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
-        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.bn(self.conv(x)), inplace=True)
 
 
 class InceptionA(nn.Module):
@@ -208,13 +198,7 @@ class Inception3(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def _transform_input(self, x: Tensor) -> Tensor:
-        # ImageNet mean/std normalised input -> (x - 0.5) / 0.5 of the 0..1 image, as torchvision.
-        if self.transform_input:
-            x_ch0 = torch.unsqueeze(x[:, 0], 1) * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
-            x_ch1 = torch.unsqueeze(x[:, 1], 1) * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
-            x_ch2 = torch.unsqueeze(x[:, 2], 1) * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
-            x = torch.cat((x_ch0, x_ch1, x_ch2), 1)
-        return x
+        return imagenet_to_tf_range(x) if self.transform_input else x
 
     def forward(self, x: Tensor) -> Tensor | InceptionOutputs:
         """Logits; in training mode with aux_logits, InceptionOutputs(logits, aux) like torchvision."""
@@ -239,21 +223,14 @@ class Inception3(nn.Module):
 def load_torchvision_state_dict(model: Inception3, state_dict: Mapping[str, Tensor]):
     """Load a torchvision Inception v3 state_dict strictly, dropping the aux-head weights
     (`AuxLogits.*`) when `model` was built without them. Returns load_state_dict's result."""
-    absent = tuple(f"{name}." for name in AUX_HEADS if getattr(model, name, None) is None)
-    kept = {k: v for k, v in state_dict.items() if not (absent and k.startswith(absent))}
-    return model.load_state_dict(kept, strict=True)
+    return load_state_dict_without_absent_heads(model, state_dict, AUX_HEADS)
 
 
 # gflops: FlopCounterMode total / 1e9 (2 flops per multiply-add; conv and linear only), 299x299, batch 1.
 @register_model(
     name="inception_v3",
-    task="classify",
+    **IMAGENET_CLASSIFIER,
     input_size=(299, 299),
-    input_channels=3,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-    labels="imagenet1k",
-    num_classes=1000,
     params=23_834_568,
     gflops=11.426,
     reference={"metric": "top1", "value": 77.294, "dataset": "ImageNet-1k val",

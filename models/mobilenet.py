@@ -11,17 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.registry import register_model
-
-_IMAGENET = dict(
-    task="classify",
-    input_size=(224, 224),
-    input_channels=3,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-    labels="imagenet1k",
-    num_classes=1000,
-)
+from models.registry import IMAGENET_CLASSIFIER, register_model
+from models.weight_init import kaiming_init_
 
 
 def _make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:
@@ -48,20 +39,6 @@ class ConvBNActivation(nn.Sequential):
             layers.append(activation(inplace=True))
         super().__init__(*layers)
         self.out_channels = out_channels
-
-
-def _init_mobilenet(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
 
 
 # ---------------------------------------------------------------------------------------------- v1
@@ -97,7 +74,7 @@ class MobileNetV1(nn.Module):
             channels = out_channels
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(channels, num_classes))
-        _init_mobilenet(self)
+        kaiming_init_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.adaptive_avg_pool2d(self.features(x), (1, 1))
@@ -157,7 +134,7 @@ class MobileNetV2(nn.Module):
         features.append(ConvBNActivation(input_channel, self.last_channel, kernel_size=1))
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes))
-        _init_mobilenet(self)
+        kaiming_init_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.adaptive_avg_pool2d(self.features(x), (1, 1))
@@ -167,13 +144,14 @@ class MobileNetV2(nn.Module):
 # gflops: FlopCounterMode total / 1e9 (2 flops per multiply-add; conv and linear only), 224x224, batch 1.
 @register_model(
     name="mobilenet_v1",
+    **IMAGENET_CLASSIFIER,
+    input_size=(224, 224),
     params=4_231_976,
     gflops=1.137,
     reference={"metric": "top1", "value": 70.6, "dataset": "ImageNet-1k val",
                "source": "paper, Table 8 (1.0 MobileNet-224); no torchvision weights"},
     paper="A. G. Howard, M. Zhu, B. Chen, D. Kalenichenko, W. Wang, T. Weyand, M. Andreetto, H. Adam, 2017. "
     "MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications, arXiv:1704.04861",
-    **_IMAGENET,
 )
 def mobilenet_v1(*, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.0) -> MobileNetV1:
     return MobileNetV1(num_classes=num_classes, width_mult=width_mult, dropout=dropout)
@@ -181,6 +159,8 @@ def mobilenet_v1(*, num_classes: int = 1000, width_mult: float = 1.0, dropout: f
 
 @register_model(
     name="mobilenet_v2",
+    **IMAGENET_CLASSIFIER,
+    input_size=(224, 224),
     params=3_504_872,
     gflops=0.602,
     reference={"metric": "top1", "value": 71.878, "dataset": "ImageNet-1k val",
@@ -188,7 +168,6 @@ def mobilenet_v1(*, num_classes: int = 1000, width_mult: float = 1.0, dropout: f
     paper="M. Sandler, A. Howard, M. Zhu, A. Zhmoginov, L.-C. Chen, 2018. MobileNetV2: Inverted Residuals "
     "and Linear Bottlenecks, arXiv:1801.04381",
     torchvision_compatible=True,
-    **_IMAGENET,
 )
 def mobilenet_v2(*, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2) -> MobileNetV2:
     return MobileNetV2(num_classes=num_classes, width_mult=width_mult, dropout=dropout)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.registry import register_model
+from models.registry import IMAGENET_CLASSIFIER, register_model
+from models.weight_init import kaiming_init_
 
 
 class MlpConv(nn.Sequential):
@@ -45,10 +46,7 @@ class NIN(nn.Module):
         )
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         if init_weights:
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                    nn.init.zeros_(m.bias)
+            kaiming_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
@@ -59,13 +57,8 @@ class NIN(nn.Module):
 # gflops: FlopCounterMode total / 1e9 (2 flops per multiply-add; conv and linear only), 224x224, batch 1.
 @register_model(
     name="nin",
-    task="classify",
+    **IMAGENET_CLASSIFIER,
     input_size=(224, 224),
-    input_channels=3,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-    labels="imagenet1k",
-    num_classes=1000,
     params=7_595_176,
     gflops=2.200,
     reference={"metric": "top1", "value": 59.36, "dataset": "ImageNet-1k val",

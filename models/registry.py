@@ -34,6 +34,11 @@ class ModelSpec:
     size_multiple: int = 1  # input sides must be multiples of this (segmentation models pad to it)
 
 
+# Spec fields shared by the ImageNet-1k classifiers: `@register_model(name=..., **IMAGENET_CLASSIFIER, ...)`.
+IMAGENET_CLASSIFIER = dict(task="classify", input_channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                           labels="imagenet1k", num_classes=1000)
+
+
 _REGISTRY: dict[str, ModelSpec] = {}
 
 

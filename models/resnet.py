@@ -10,18 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.registry import register_model
+from models.registry import IMAGENET_CLASSIFIER, register_model
 
-_IMAGENET = dict(
-    task="classify",
-    input_size=(224, 224),
-    input_channels=3,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-    labels="imagenet1k",
-    num_classes=1000,
-    torchvision_compatible=True,
-)
 _PAPER = ("K. He, X. Zhang, S. Ren, J. Sun, 2015. Deep Residual Learning for Image Recognition, "
           "arXiv:1512.03385")
 
@@ -130,31 +120,31 @@ def _reference(top1: float, weights: str) -> dict:
 
 
 # gflops: FlopCounterMode total / 1e9 (2 flops per multiply-add; conv and linear only), 224x224, batch 1.
-@register_model(name="resnet18", params=11_689_512, gflops=3.628,
-                reference=_reference(69.758, "ResNet18_Weights"), paper=_PAPER, **_IMAGENET)
+@register_model(name="resnet18", **IMAGENET_CLASSIFIER, input_size=(224, 224), params=11_689_512, gflops=3.628,
+                reference=_reference(69.758, "ResNet18_Weights"), paper=_PAPER, torchvision_compatible=True)
 def resnet18(*, num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, zero_init_residual=zero_init_residual)
 
 
-@register_model(name="resnet34", params=21_797_672, gflops=7.328,
-                reference=_reference(73.314, "ResNet34_Weights"), paper=_PAPER, **_IMAGENET)
+@register_model(name="resnet34", **IMAGENET_CLASSIFIER, input_size=(224, 224), params=21_797_672, gflops=7.328,
+                reference=_reference(73.314, "ResNet34_Weights"), paper=_PAPER, torchvision_compatible=True)
 def resnet34(*, num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
     return ResNet(BasicBlock, [3, 4, 6, 3], num_classes=num_classes, zero_init_residual=zero_init_residual)
 
 
-@register_model(name="resnet50", params=25_557_032, gflops=8.178,
-                reference=_reference(76.130, "ResNet50_Weights"), paper=_PAPER, **_IMAGENET)
+@register_model(name="resnet50", **IMAGENET_CLASSIFIER, input_size=(224, 224), params=25_557_032, gflops=8.178,
+                reference=_reference(76.130, "ResNet50_Weights"), paper=_PAPER, torchvision_compatible=True)
 def resnet50(*, num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes, zero_init_residual=zero_init_residual)
 
 
-@register_model(name="resnet101", params=44_549_160, gflops=15.603,
-                reference=_reference(77.374, "ResNet101_Weights"), paper=_PAPER, **_IMAGENET)
+@register_model(name="resnet101", **IMAGENET_CLASSIFIER, input_size=(224, 224), params=44_549_160, gflops=15.603,
+                reference=_reference(77.374, "ResNet101_Weights"), paper=_PAPER, torchvision_compatible=True)
 def resnet101(*, num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
     return ResNet(Bottleneck, [3, 4, 23, 3], num_classes=num_classes, zero_init_residual=zero_init_residual)
 
 
-@register_model(name="resnet152", params=60_192_808, gflops=23.027,
-                reference=_reference(78.312, "ResNet152_Weights"), paper=_PAPER, **_IMAGENET)
+@register_model(name="resnet152", **IMAGENET_CLASSIFIER, input_size=(224, 224), params=60_192_808, gflops=23.027,
+                reference=_reference(78.312, "ResNet152_Weights"), paper=_PAPER, torchvision_compatible=True)
 def resnet152(*, num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
     return ResNet(Bottleneck, [3, 8, 36, 3], num_classes=num_classes, zero_init_residual=zero_init_residual)

@@ -5,18 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.registry import register_model
+from models.registry import IMAGENET_CLASSIFIER, register_model
 
-_IMAGENET = dict(
-    task="classify",
-    input_size=(224, 224),
-    input_channels=3,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-    labels="imagenet1k",
-    num_classes=1000,
-    torchvision_compatible=True,
-)
 _PAPER = ("F. N. Iandola, S. Han, M. W. Moskewicz, K. Ashraf, W. J. Dally, K. Keutzer, 2016. SqueezeNet: "
           "AlexNet-level accuracy with 50x fewer parameters and <0.5MB model size, arXiv:1602.07360")
 
@@ -80,18 +70,18 @@ class SqueezeNet(nn.Module):
 
 
 # gflops: FlopCounterMode total / 1e9 (2 flops per multiply-add; conv and linear only), 224x224, batch 1.
-@register_model(name="squeezenet1_0", params=1_248_424, gflops=1.638,
+@register_model(name="squeezenet1_0", **IMAGENET_CLASSIFIER, input_size=(224, 224), params=1_248_424, gflops=1.638,
                 reference={"metric": "top1", "value": 58.092, "dataset": "ImageNet-1k val",
                            "source": "torchvision weights SqueezeNet1_0_Weights.IMAGENET1K_V1"},
-                paper=_PAPER, **_IMAGENET)
+                paper=_PAPER, torchvision_compatible=True)
 def squeezenet1_0(*, num_classes: int = 1000, dropout: float = 0.5) -> SqueezeNet:
     return SqueezeNet("1_0", num_classes=num_classes, dropout=dropout)
 
 
-@register_model(name="squeezenet1_1", params=1_235_496, gflops=0.698,
+@register_model(name="squeezenet1_1", **IMAGENET_CLASSIFIER, input_size=(224, 224), params=1_235_496, gflops=0.698,
                 reference={"metric": "top1", "value": 58.178, "dataset": "ImageNet-1k val",
                            "source": "torchvision weights SqueezeNet1_1_Weights.IMAGENET1K_V1"},
                 paper=_PAPER + "; version 1.1 from github.com/forresti/SqueezeNet (SqueezeNet_v1.1)",
-                **_IMAGENET)
+                torchvision_compatible=True)
 def squeezenet1_1(*, num_classes: int = 1000, dropout: float = 0.5) -> SqueezeNet:
     return SqueezeNet("1_1", num_classes=num_classes, dropout=dropout)

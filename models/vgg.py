@@ -5,18 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.registry import register_model
+from models.registry import IMAGENET_CLASSIFIER, register_model
+from models.weight_init import kaiming_init_
 
-_IMAGENET = dict(
-    task="classify",
-    input_size=(224, 224),
-    input_channels=3,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-    labels="imagenet1k",
-    num_classes=1000,
-    torchvision_compatible=True,
-)
 _PAPER = ("K. Simonyan, A. Zisserman, 2014. Very Deep Convolutional Networks for Large-Scale Image "
           "Recognition, arXiv:1409.1556")
 
@@ -60,16 +51,7 @@ class VGG(nn.Module):
             nn.Linear(4096, num_classes),
         )
         if init_weights:
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                    nn.init.zeros_(m.bias)
-                elif isinstance(m, nn.BatchNorm2d):
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
-                elif isinstance(m, nn.Linear):
-                    nn.init.normal_(m.weight, 0, 0.01)
-                    nn.init.zeros_(m.bias)
+            kaiming_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
@@ -89,49 +71,49 @@ def _reference(top1: float, weights: str) -> dict:
 
 
 # gflops: FlopCounterMode total / 1e9 (2 flops per multiply-add; conv and linear only), 224x224, batch 1.
-@register_model(name="vgg11", params=132_863_336, gflops=15.218,
-                reference=_reference(69.020, "VGG11_Weights"), paper=_PAPER, **_IMAGENET)
+@register_model(name="vgg11", **IMAGENET_CLASSIFIER, input_size=(224, 224), params=132_863_336, gflops=15.218,
+                reference=_reference(69.020, "VGG11_Weights"), paper=_PAPER, torchvision_compatible=True)
 def vgg11(*, num_classes: int = 1000, init_weights: bool = True, dropout: float = 0.5) -> VGG:
     return _vgg("A", False, num_classes, init_weights, dropout)
 
 
-@register_model(name="vgg11_bn", params=132_868_840, gflops=15.218,
-                reference=_reference(70.370, "VGG11_BN_Weights"), paper=_PAPER, **_IMAGENET)
+@register_model(name="vgg11_bn", **IMAGENET_CLASSIFIER, input_size=(224, 224), params=132_868_840, gflops=15.218,
+                reference=_reference(70.370, "VGG11_BN_Weights"), paper=_PAPER, torchvision_compatible=True)
 def vgg11_bn(*, num_classes: int = 1000, init_weights: bool = True, dropout: float = 0.5) -> VGG:
     return _vgg("A", True, num_classes, init_weights, dropout)
 
 
-@register_model(name="vgg13", params=133_047_848, gflops=22.617,
-                reference=_reference(69.928, "VGG13_Weights"), paper=_PAPER, **_IMAGENET)
+@register_model(name="vgg13", **IMAGENET_CLASSIFIER, input_size=(224, 224), params=133_047_848, gflops=22.617,
+                reference=_reference(69.928, "VGG13_Weights"), paper=_PAPER, torchvision_compatible=True)
 def vgg13(*, num_classes: int = 1000, init_weights: bool = True, dropout: float = 0.5) -> VGG:
     return _vgg("B", False, num_classes, init_weights, dropout)
 
 
-@register_model(name="vgg13_bn", params=133_053_736, gflops=22.617,
-                reference=_reference(71.586, "VGG13_BN_Weights"), paper=_PAPER, **_IMAGENET)
+@register_model(name="vgg13_bn", **IMAGENET_CLASSIFIER, input_size=(224, 224), params=133_053_736, gflops=22.617,
+                reference=_reference(71.586, "VGG13_BN_Weights"), paper=_PAPER, torchvision_compatible=True)
 def vgg13_bn(*, num_classes: int = 1000, init_weights: bool = True, dropout: float = 0.5) -> VGG:
     return _vgg("B", True, num_classes, init_weights, dropout)
 
 
-@register_model(name="vgg16", params=138_357_544, gflops=30.941,
-                reference=_reference(71.592, "VGG16_Weights"), paper=_PAPER, **_IMAGENET)
+@register_model(name="vgg16", **IMAGENET_CLASSIFIER, input_size=(224, 224), params=138_357_544, gflops=30.941,
+                reference=_reference(71.592, "VGG16_Weights"), paper=_PAPER, torchvision_compatible=True)
 def vgg16(*, num_classes: int = 1000, init_weights: bool = True, dropout: float = 0.5) -> VGG:
     return _vgg("D", False, num_classes, init_weights, dropout)
 
 
-@register_model(name="vgg16_bn", params=138_365_992, gflops=30.941,
-                reference=_reference(73.360, "VGG16_BN_Weights"), paper=_PAPER, **_IMAGENET)
+@register_model(name="vgg16_bn", **IMAGENET_CLASSIFIER, input_size=(224, 224), params=138_365_992, gflops=30.941,
+                reference=_reference(73.360, "VGG16_BN_Weights"), paper=_PAPER, torchvision_compatible=True)
 def vgg16_bn(*, num_classes: int = 1000, init_weights: bool = True, dropout: float = 0.5) -> VGG:
     return _vgg("D", True, num_classes, init_weights, dropout)
 
 
-@register_model(name="vgg19", params=143_667_240, gflops=39.264,
-                reference=_reference(72.376, "VGG19_Weights"), paper=_PAPER, **_IMAGENET)
+@register_model(name="vgg19", **IMAGENET_CLASSIFIER, input_size=(224, 224), params=143_667_240, gflops=39.264,
+                reference=_reference(72.376, "VGG19_Weights"), paper=_PAPER, torchvision_compatible=True)
 def vgg19(*, num_classes: int = 1000, init_weights: bool = True, dropout: float = 0.5) -> VGG:
     return _vgg("E", False, num_classes, init_weights, dropout)
 
 
-@register_model(name="vgg19_bn", params=143_678_248, gflops=39.264,
-                reference=_reference(74.218, "VGG19_BN_Weights"), paper=_PAPER, **_IMAGENET)
+@register_model(name="vgg19_bn", **IMAGENET_CLASSIFIER, input_size=(224, 224), params=143_678_248, gflops=39.264,
+                reference=_reference(74.218, "VGG19_BN_Weights"), paper=_PAPER, torchvision_compatible=True)
 def vgg19_bn(*, num_classes: int = 1000, init_weights: bool = True, dropout: float = 0.5) -> VGG:
     return _vgg("E", True, num_classes, init_weights, dropout)

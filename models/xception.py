@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.registry import register_model
+from models.registry import IMAGENET_CLASSIFIER, register_model
+from models.weight_init import kaiming_init_
 
 
 class SeparableConv2d(nn.Module):
@@ -96,15 +97,7 @@ class Xception(nn.Module):
         self.dropout = nn.Dropout(p=dropout)
         self.fc = nn.Linear(2048, num_classes)
         if init_weights:
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                elif isinstance(m, nn.BatchNorm2d):
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
-                elif isinstance(m, nn.Linear):
-                    nn.init.normal_(m.weight, 0, 0.01)
-                    nn.init.zeros_(m.bias)
+            kaiming_init_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.exit_flow(self.middle_flow(self.entry_flow(x)))
@@ -115,13 +108,8 @@ class Xception(nn.Module):
 # gflops: FlopCounterMode total / 1e9 (2 flops per multiply-add; conv and linear only), 299x299, batch 1.
 @register_model(
     name="xception",
-    task="classify",
+    **IMAGENET_CLASSIFIER,
     input_size=(299, 299),
-    input_channels=3,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-    labels="imagenet1k",
-    num_classes=1000,
     params=22_855_952,
     gflops=16.715,
     reference={"metric": "top1", "value": 79.0, "dataset": "ImageNet-1k val",

@@ -15,6 +15,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="total epochs (default: the recipe's)")
     p.add_argument("--full-epochs", type=int, help="enet-camvid: how many of the last epochs train on whole frames")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--init-from", type=Path, metavar="FILE",
+                   help="enet-camvid: start a new run from these weights (a checkpoint or models/weights/*.pth)")
     p.add_argument("--run-dir", type=Path, help="checkpoints and history (default: runs/RECIPE)")
     p.add_argument("--weights-out", type=Path, help="where to write the best weights (default: models/weights/RECIPE.pth)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
@@ -57,7 +59,7 @@ def _train(args: argparse.Namespace) -> int:
             recipe.full_epochs = args.full_epochs
         entry = train_segmentation(args.data or DEFAULT_CAMVID, run_dir, recipe, resume=args.resume,
                                    device=args.device, threads=args.threads, weights_out=weights_out, progress=not args.no_progress,
-                                   command=_command_line())
+                                   command=_command_line(), init_from=args.init_from)
     else:
         from training.classification import ClassificationRecipe, train_classification
         from training.datasets import DEFAULT_FASHION_MNIST

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from models import get_model, get_spec
 from models.labels import load_labels
 from training.augment import SegmentationAugment
-from training.checkpoint import ship_weights
+from training.checkpoint import load_checkpoint, ship_weights
 from training.common import Normalize, hardware, pick_device, seed_everything, torch_predictor
 from training.datasets import CAMVID_NUM_CLASSES, CAMVID_VOID, CamVid, enet_class_weights
 from training.metrics import ConfusionMatrix
@@ -54,10 +54,12 @@ def evaluate_segmentation(predict, dataset: CamVid, batch_size: int = 4, progres
 
 def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, resume: bool = False,
                        device: str = "auto", threads: int | None = None, weights_out: Path | None = None, limit: int | None = None,
-                       progress: bool = True, command: str | None = None) -> dict:
+                       progress: bool = True, command: str | None = None, init_from: Path | None = None) -> dict:
     """Train (or resume) the recipe; checkpoints go to run_dir/{last,best}.pt each epoch.
 
     Returns the history entry of the last epoch. `limit` trains on the first images only (tests).
+    `init_from` starts a new run from the model weights of a checkpoint or shipped weights file
+    (a fine-tuning run with a schedule of its own), where `resume` continues the same run.
     """
     dev = pick_device(device, threads)
     seed_everything(recipe.seed)
@@ -76,6 +78,8 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
         t = min(epoch / max(1, recipe.epochs - 1), 1.0)
         return recipe.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
+    if init_from is not None and not resume:
+        model.load_state_dict(load_checkpoint(init_from)["model"])
     run.restore(model, optimizer)
     bar = tqdm(range(run.start_epoch, recipe.epochs), desc=f"{recipe.arch} camvid", initial=run.start_epoch,
                total=recipe.epochs, disable=not progress)

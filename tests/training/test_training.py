@@ -37,6 +37,13 @@ def test_enet_steps_lower_the_loss_and_resume(tmp_path):
     assert set(shipped) == {"arch", "num_classes", "model", "metrics", "training"}
     assert "optimizer" not in shipped and shipped["training"]["epochs"] == 7
 
+    # A new run initialised from the shipped weights starts where they left off, not from scratch.
+    recipe.epochs = 1
+    train_segmentation(DEFAULT_CAMVID, tmp_path / "finetune", recipe, limit=4, progress=False, device="cpu",
+                       init_from=tmp_path / "enet.pth")
+    finetune = load_checkpoint(tmp_path / "finetune" / "last.pt")["history"]
+    assert finetune[0]["loss"] < history[0]["loss"]
+
 
 @needs_fashion
 def test_lenet_learns_fashion_mnist(tmp_path):
