@@ -176,7 +176,8 @@ class ModelRepository:
     def names(self) -> list[str]:
         if not self.root.is_dir():
             raise ModelLoadError(f"model repository {self.root} is not a directory")
-        return sorted(p.parent.name for p in self.root.glob(f"*/{CONFIG_NAME}"))
+        # Hidden directories are exports being staged (export/ writes `.NAME.export-*`, then renames it).
+        return sorted(p.parent.name for p in self.root.glob(f"*/{CONFIG_NAME}") if not p.parent.name.startswith("."))
 
     def entry(self, name: str) -> ModelEntry:
         directory = self.root / name

@@ -14,6 +14,14 @@ from service.settings import Settings
 from svc_helpers import copy_model, edit_config
 
 
+def test_exports_being_staged_are_not_listed(tiny_repo, tmp_path):
+    repo_dir = tmp_path / "repo"
+    copy_model(tiny_repo, "lenet5-fashion", repo_dir)
+    copy_model(tiny_repo, "enet-camvid", repo_dir)
+    (repo_dir / "enet-camvid").rename(repo_dir / ".enet-camvid.export-123")
+    assert ModelRepository(repo_dir).names() == ["lenet5-fashion"]
+
+
 def test_lists_and_parses(tiny_repo):
     repo = ModelRepository(tiny_repo)
     assert repo.names() == ["enet-camvid", "lenet5-fashion"]
