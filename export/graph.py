@@ -235,14 +235,7 @@ class ExportENet(nn.Module):
                 and d.stride == (2, 2) and d.padding == (0, 0) and d.output_padding == (0, 0) and d.groups == 1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.net
-        x = n.initial(x)
-        x, idx1 = n.down1(x)
-        x = n.stage1(x)
-        x, idx2 = n.down2(x)
-        x = n.stage3(n.stage2(x))
-        x = n.stage4(n.up4(x, idx2))
-        return n.stage5(n.up5(x, idx1))
+        return self.net.features(x)  # the swapped export modules, in ENet's own order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.fullconv(self.features(x))

@@ -164,19 +164,22 @@ class ENet(nn.Module):
         self.stage5 = RegularBottleneck(16, dropout=0.1, relu=decoder_relu)
         self.fullconv = nn.ConvTranspose2d(16, num_classes, 2, stride=2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        pad_h, pad_w = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder and decoder up to the head: (N, C, H, W) with sides multiples of 8 -> (N, 16, H/2, W/2)."""
         x = self.initial(x)
         x, idx1 = self.down1(x)
         x = self.stage1(x)
         x, idx2 = self.down2(x)
         x = self.stage3(self.stage2(x))
         x = self.stage4(self.up4(x, idx2))
-        x = self.stage5(self.up5(x, idx1))
-        x = self.fullconv(x)
+        return self.stage5(self.up5(x, idx1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        pad_h, pad_w = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = self.fullconv(self.features(x))
         if pad_h or pad_w:
             x = x[..., :h, :w]
         return x
