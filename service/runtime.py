@@ -108,9 +108,9 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = settings.session_threads()  # all cores (split between instances)
     so.inter_op_num_threads = 1
-    # Worker threads that spin between kernels burn the cores that decoding, encoding and HTTP
-    # need on a small CPU; they sleep instead (measured in bench/load.py's notes).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Spinning worker threads answer faster between kernels but burn cores that decoding, encoding
+    # and HTTP need; which wins depends on the machine (BENCHMARKS.md), so it is a setting.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.intra_op_spinning else "0")
     so.log_severity_level = 3
     return so
 

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     device: Device = Field("auto", description="auto: TensorRT, else CUDA, else CPU")
     precision: Precision = Field("auto", description="auto: fp16 on GPU, fp32 on CPU")
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per session; 0: all cores / instances")
+    intra_op_spinning: bool = Field(
+        True, description="let onnxruntime's CPU worker threads spin between kernels (onnxruntime's default: "
+        "faster inference; turn off where other work shares the cores, e.g. training)")
     trt_cache_dir: Path = Field(Path(".trt_cache"), description="TensorRT engine and timing cache directory")
 
     # -- batching ------------------------------------------------------------------------------

@@ -97,3 +97,11 @@ def test_service_never_imports_torch():
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_spinning_setting_reaches_the_session_options(monkeypatch):
+    from service.runtime import session_options
+
+    assert session_options(Settings()).get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    monkeypatch.setenv("ENET_SERVE_INTRA_OP_SPINNING", "false")
+    assert session_options(Settings()).get_session_config_entry("session.intra_op.allow_spinning") == "0"
