@@ -46,14 +46,18 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict:
     """Every random generator the loops use, so that --resume continues the same sequence."""
-    return {"rng": torch.get_rng_state(), "py_rng": random.getstate(), "np_rng": np.random.get_state()}
+    # NumPy's key as a tensor: checkpoints stay loadable with torch.load(weights_only=True), as export reads them.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"rng": torch.get_rng_state(), "py_rng": random.getstate(),
+            "np_rng": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)}
 
 
 def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["rng"])
     if "py_rng" in state:
         random.setstate(state["py_rng"])
-        np.random.set_state(state["np_rng"])
+        name, keys, pos, has_gauss, cached = state["np_rng"]
+        np.random.set_state((name, np.asarray(keys).astype(np.uint32), pos, has_gauss, cached))
 
 
 class Normalize(torch.nn.Module):

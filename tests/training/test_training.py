@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from enet_serve.cli import main
+from export.weights import read_weights
 from training.checkpoint import load_checkpoint
 from training.classification import ClassificationRecipe, augment, train_classification
 from training.datasets import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST
@@ -27,6 +28,8 @@ def test_enet_steps_lower_the_loss_and_resume(tmp_path):
     # The last epoch is always scored on val, and the best weights kept.
     assert 0.0 <= history[-1]["val"]["mIoU"] <= 100.0
     assert load_checkpoint(run / "best.pt")["arch"] == "enet"
+    # Any checkpoint of a run is a weights file the exporter reads (it loads with weights_only=True).
+    assert read_weights(run / "last.pt").arch == "enet"
 
     recipe.epochs = 7
     entry = train_segmentation(DEFAULT_CAMVID, run, recipe, resume=True, limit=4, progress=False, device="cpu",
