@@ -13,6 +13,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="dataset directory (default: ../shared/datasets/camvid, "
                    "/usr/share/datasets/fashion-mnist)")
     p.add_argument("--epochs", type=int, help="total epochs (default: the recipe's)")
+    p.add_argument("--lr", type=float, help="initial learning rate (default: the recipe's)")
     p.add_argument("--full-epochs", type=int, help="enet-camvid: how many of the last epochs train on whole frames")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument("--init-from", type=Path, metavar="FILE",
@@ -57,6 +58,8 @@ def _train(args: argparse.Namespace) -> int:
             recipe.full_epochs = min(recipe.full_epochs, max(1, args.epochs // 5))
         if args.full_epochs is not None:
             recipe.full_epochs = args.full_epochs
+        if args.lr:
+            recipe.lr = args.lr
         entry = train_segmentation(args.data or DEFAULT_CAMVID, run_dir, recipe, resume=args.resume,
                                    device=args.device, threads=args.threads, weights_out=weights_out, progress=not args.no_progress,
                                    command=_command_line(), init_from=args.init_from)
@@ -67,6 +70,8 @@ def _train(args: argparse.Namespace) -> int:
         recipe = ClassificationRecipe(seed=args.seed)
         if args.epochs:
             recipe.epochs = args.epochs
+        if args.lr:
+            recipe.lr = args.lr
         entry = train_classification(args.data or DEFAULT_FASHION_MNIST, run_dir, recipe, resume=args.resume,
                                      device=args.device, threads=args.threads, weights_out=weights_out, progress=not args.no_progress,
                                      command=_command_line())
