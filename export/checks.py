@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +29,12 @@ from torch import nn
 
 from export.errors import ExportCheckError
 from models.registry import ModelSpec
+from training.common import Normalize
+from training.datasets import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST, read_idx
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CAMVID_DIR = REPO_ROOT.parent / "shared" / "datasets" / "camvid"
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+# The parity checks of trained weights run on the training data sets, read by training/'s readers.
+CAMVID_DIR = DEFAULT_CAMVID
+FASHION_MNIST_DIR = DEFAULT_FASHION_MNIST
 
 # Ops without a CUDA kernel in onnxruntime (they would run on the CPU, with copies to and from the
 # GPU around them, or not at all under TensorRT). MaxUnpool is the one ENet's decoder would need.
@@ -84,15 +84,6 @@ class Graph:
 # Inputs
 # --------------------------------------------------------------------------------------------
 
-def _read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def _resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8 NHWC -> NHWC at `size`, bilinear with antialiasing (as the service and training resize)."""
     if tuple(images.shape[1:3]) == tuple(size):
@@ -120,7 +111,7 @@ def _fashion_mnist_test(spec: ModelSpec, count: int) -> torch.Tensor | None:
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte"):
         path = FASHION_MNIST_DIR / name
         if path.is_file():
-            images = torch.from_numpy(_read_idx(path)[:count].copy()).unsqueeze(-1)  # (N, 28, 28, 1)
+            images = torch.from_numpy(read_idx(path)[:count].copy()).unsqueeze(-1)  # (N, 28, 28, 1)
             return _resize_uint8(images, spec.input_size)
     return None
 
@@ -146,9 +137,8 @@ def parity_inputs(spec: ModelSpec, trained: bool) -> tuple[torch.Tensor, str]:
 # --------------------------------------------------------------------------------------------
 
 def normalise(images: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
-    mean = torch.tensor(spec.mean).view(1, -1, 1, 1) * 255.0
-    std = torch.tensor(spec.std).view(1, -1, 1, 1) * 255.0
-    return (images.permute(0, 3, 1, 2).float() - mean) / std
+    """uint8 NHWC -> the float NCHW input PyTorch models take (training's normalisation)."""
+    return Normalize(spec)(images.permute(0, 3, 1, 2))
 
 
 @torch.no_grad()

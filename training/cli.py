@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from training.datasets import REPO_ROOT
+
 RECIPES = ("enet-camvid", "lenet5-fashion")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:

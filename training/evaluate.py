@@ -16,10 +16,9 @@ from models import get_model, get_spec
 from models.labels import load_labels
 from training.classification import evaluate_classification, to_native_size
 from training.common import Normalize, pick_device, torch_predictor
-from training.datasets import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST, CamVid, FashionMNIST
+from training.datasets import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST, REPO_ROOT, CamVid, FashionMNIST
 from training.segmentation import evaluate_segmentation
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def onnx_predictor(path: Path, task: str):
