@@ -9,8 +9,9 @@
    onnxruntime's defaults; the better counts), batch sizes 1..8 on real frames: images/s per batch
    size, the best being "the limit"; plus the median decode (JPEG) and encode (mask PNG) times.
 2. The service: started with uvicorn on a free loopback port (`python -m service`, its own process;
-   or `--url` to target one that runs), driven by N concurrent httpx clients that POST CamVid val
-   JPEGs to /segment?format=png for a bounded time (after a warm-up period).
+   or `--url` to target one that runs), driven by N concurrent keep-alive connections (a small
+   asyncio HTTP/1.1 client, see `Connection`) that POST CamVid val JPEGs to /segment?format=png for
+   a bounded time (after a warm-up period).
 3. A table: median / p99 latency and throughput per row, throughput as a fraction of the limit,
    and for 1 client the median against batch-1 inference + decode + encode.
 """
@@ -96,7 +97,7 @@ def measure_limit(path: Path, frames: list[np.ndarray], batches: list[int], seco
     from service.settings import Settings, cpu_count
 
     variants = {}
-    service_opts = session_options(Settings())
+    service_opts = session_options(Settings(), cpu_count())
     default_opts = ort.SessionOptions()
     default_opts.intra_op_num_threads = cpu_count()
     for label, opts in (("service options", service_opts), ("onnxruntime defaults", default_opts)):
@@ -197,41 +198,93 @@ def start_service(args) -> tuple[subprocess.Popen, str]:
         time.sleep(0.25)
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection on asyncio streams: the load generator's client.
+
+    It sends prebuilt request bytes and reads the status line, headers and a Content-Length body,
+    which costs a fraction of httpx's per-request CPU: on a 2-core machine the load generator shares
+    the cores it measures, so what the client spends is taken from the service.
+    """
+
+    def __init__(self, url: str, headers: dict[str, str]):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.prefix = parts.path.rstrip("/")
+        self.headers = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    def request(self, path: str, body: bytes, content_type: str) -> bytes:
+        head = (f"POST {self.prefix}{path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{self.headers}\r\n")
+        return head.encode("latin-1") + body
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        """Send one prebuilt request; (status, body). Reconnects when the server closed the connection."""
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        if "content-length" not in fields:
+            raise RuntimeError(f"response without Content-Length (headers: {fields})")
+        body = await self.reader.readexactly(int(fields["content-length"]))
+        if fields.get("connection", "").lower() == "close":
+            await self.close()
+        return status, body
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except OSError:
+                pass
+            self.writer = self.reader = None
+
+
 async def drive(url: str, bodies: list[bytes], clients: int, duration: float, warmup: float, fmt: str,
                 headers: dict[str, str]) -> dict:
-    import httpx
-
+    """`clients` connections, each POSTing the next body as soon as its previous answer is in."""
     latencies: list[float] = []
     errors: dict[int, int] = {}
     measuring = False
     stop = False
     done_in_window = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
-        async def worker(k: int):
-            nonlocal done_in_window
-            i = k
+
+    async def worker(k: int):
+        nonlocal done_in_window
+        conn = Connection(url, headers)
+        requests = [conn.request(f"/segment?format={fmt}", body, "image/jpeg") for body in bodies]
+        i = k
+        try:
             while not stop:
-                body = bodies[i % len(bodies)]
+                request = requests[i % len(requests)]
                 i += clients
                 t0 = time.perf_counter()
-                r = await client.post(f"/segment?format={fmt}", content=body,
-                                      headers={"Content-Type": "image/jpeg", **headers})
+                status, _ = await conn.send(request)
                 dt = time.perf_counter() - t0
-                if r.status_code != 200:
-                    errors[r.status_code] = errors.get(r.status_code, 0) + 1
+                if status != 200:
+                    errors[status] = errors.get(status, 0) + 1
                 elif measuring and not stop:
                     latencies.append(dt)
                     done_in_window += 1
+        finally:
+            await conn.close()
 
-        tasks = [asyncio.create_task(worker(k)) for k in range(clients)]
-        await asyncio.sleep(warmup)
-        measuring = True
-        t0 = time.perf_counter()
-        await asyncio.sleep(duration)
-        elapsed = time.perf_counter() - t0
-        stop = True
-        await asyncio.gather(*tasks)
+    tasks = [asyncio.create_task(worker(k)) for k in range(clients)]
+    await asyncio.sleep(warmup)
+    measuring = True
+    t0 = time.perf_counter()
+    await asyncio.sleep(duration)
+    elapsed = time.perf_counter() - t0
+    stop = True
+    await asyncio.gather(*tasks)
     return {"clients": clients, "requests": done_in_window, "images_per_s": done_in_window / elapsed,
             "median_ms": pct(latencies, 50) * 1e3, "p99_ms": pct(latencies, 99) * 1e3, "errors": errors}
 

@@ -8,6 +8,9 @@ Only the batcher task takes items off the queue. It loops:
    `max_delay_ms` after the *first item's arrival* has passed. When nothing is queued and no request
    is on its way (being decoded: `announce()`), it does not wait at all, so a lone client pays no delay;
 3. run the batch in a worker thread (onnxruntime releases the GIL) and hand each caller its own row.
+   With a `solo` runner (one session with the cores of all instances), a batch that is the only work
+   (every instance free, nothing queued or on its way) runs there instead, holding every instance
+   until it ends: a lone request gets all cores, while under load the instances share them.
 
 While an instance is busy, requests pile up in the queue; when it frees, they leave as one batch,
 so batches grow with load without anyone waiting on a timer. Items of another shape key (the
@@ -56,12 +59,14 @@ class BatchObserver:
 
 
 class Batcher:
-    def __init__(self, name: str, runners: Sequence[Runner], *, max_batch_size: int = 8, max_delay_ms: float = 5.0,
-                 max_queue: int = 64, timeout_s: float = 30.0, observer: BatchObserver | None = None):
+    def __init__(self, name: str, runners: Sequence[Runner], *, solo: Runner | None = None, max_batch_size: int = 8,
+                 max_delay_ms: float = 5.0, max_queue: int = 64, timeout_s: float = 30.0,
+                 observer: BatchObserver | None = None):
         if not runners:
             raise ValueError("a batcher needs at least one runner")
         self.name = name
         self.runners = list(runners)
+        self.solo = solo
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_ms / 1000.0
         self.max_queue = max_queue
@@ -161,9 +166,19 @@ class Batcher:
             except BaseException:
                 self._free.put_nowait(runner)
                 raise
-            task = asyncio.get_running_loop().create_task(self._run(runner, batch, waits))
+            held = [runner]
+            if self.solo is not None and self._alone():
+                # the batch is all the work there is: run it with every core, holding all instances meanwhile
+                held += [self._free.get_nowait() for _ in range(self._free.qsize())]
+                runner = self.solo
+            task = asyncio.get_running_loop().create_task(self._run(runner, batch, waits, held))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    def _alone(self) -> bool:
+        """Whether nothing else runs, waits or is on its way (called holding one instance, batch taken)."""
+        assert self._free is not None
+        return self._free.qsize() == len(self.runners) - 1 and self.depth == 0 and self.incoming <= 0
 
     def _live(self, item: _Item, now: float) -> bool:
         if item.state != QUEUED or item.future.done():
@@ -247,7 +262,7 @@ class Batcher:
             if self._live(item, time.monotonic()):
                 (batch if item.key == first.key else self._pending).append(item)
 
-    async def _run(self, runner: Runner, batch: list[_Item], waits: list[float]) -> None:
+    async def _run(self, runner: Runner, batch: list[_Item], waits: list[float], held: list[Runner]) -> None:
         assert self._free is not None
         loop = asyncio.get_running_loop()
         try:
@@ -264,7 +279,8 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(InferenceFailed(f"model {self.name}: inference failed: {e}"))
         finally:
-            self._free.put_nowait(runner)
+            for r in held:
+                self._free.put_nowait(r)
 
     def _drain(self) -> list[_Item]:
         items = list(self._pending)

@@ -102,11 +102,11 @@ def make_plan(entry: ModelEntry, settings: Settings, device: str, *, input_shape
     return Plan(device=device, file_precision=file_precision, precision=precision, providers=providers)
 
 
-def session_options(settings: Settings) -> ort.SessionOptions:
+def session_options(settings: Settings, threads: int) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = settings.session_threads()  # all cores (split between instances)
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     # Spinning worker threads answer faster between kernels but burn cores that decoding, encoding
     # and HTTP need; which wins depends on the machine (BENCHMARKS.md), so it is a setting.
@@ -118,11 +118,12 @@ def session_options(settings: Settings) -> ort.SessionOptions:
 class Session:
     """One onnxruntime session (one model instance). `run` is called from a worker thread, one batch at a time."""
 
-    def __init__(self, path: Path, plan: Plan, settings: Settings):
+    def __init__(self, path: Path, plan: Plan, settings: Settings, threads: int):
         self.path = path
         self.plan = plan
+        self.threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=session_options(settings),
+            self.session = ort.InferenceSession(str(path), sess_options=session_options(settings, threads),
                                                 providers=plan.providers)
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelLoadError(f"{path}: onnxruntime cannot load it: {e}") from e
@@ -161,11 +162,13 @@ class Session:
 
 
 class ModelRuntime:
-    """The `instances` sessions of one model, with what they actually run on."""
+    """The `instances` sessions of one model, with what they actually run on, and the solo session
+    (all the instances' cores in one session, for a batch that is the only work; CPU only)."""
 
-    def __init__(self, entry: ModelEntry, sessions: list[Session]):
+    def __init__(self, entry: ModelEntry, sessions: list[Session], solo: Session | None = None):
         self.entry = entry
         self.sessions = sessions
+        self.solo = solo
         first = sessions[0]
         self.provider = first.provider
         self.providers = first.providers
@@ -185,7 +188,7 @@ class ModelRuntime:
         native = (settings.max_batch_size, cfg.input.height, cfg.input.width, cfg.input.channels)
         plan = make_plan(entry, settings, device, input_shape=None if settings.native_size else native)
         path = entry.file_for(plan.file_precision, verify=settings.verify_sha256)
-        first = Session(path, plan, settings)
+        first = Session(path, plan, settings, settings.session_threads(settings.instance_count(device)))
         if device != "cpu" and not first.on_gpu:
             if settings.device != "auto":
                 raise ModelLoadError(f"{entry.name}: device={settings.device} was asked but onnxruntime runs it on "
@@ -194,12 +197,18 @@ class ModelRuntime:
                         entry.name, plan.providers[0][0], first.provider)
             plan = make_plan(entry, settings, "cpu")
             path = entry.file_for(plan.file_precision, verify=settings.verify_sha256)
-            first = Session(path, plan, settings)
-        sessions = [first] + [Session(path, plan, settings) for _ in range(settings.instances - 1)]
-        runtime = cls(entry, sessions)
+            first = Session(path, plan, settings, settings.session_threads(settings.instance_count("cpu")))
+        on_cpu = not first.on_gpu
+        count = settings.instance_count("cpu" if on_cpu else plan.device)
+        sessions = [first] + [Session(path, plan, settings, first.threads) for _ in range(count - 1)]
+        solo = None
+        if on_cpu and count > 1 and settings.solo_instance:
+            solo = Session(path, plan, settings, first.threads * count)
+        runtime = cls(entry, sessions, solo)
         runtime._check_signature()
-        log.info("%s: %s on %s (%s), %d instance(s)", entry.name, path.name, runtime.provider,
-                 runtime.precision, len(sessions))
+        log.info("%s: %s on %s (%s), %d instance(s) of %d thread(s)%s", entry.name, path.name, runtime.provider,
+                 runtime.precision, len(sessions), first.threads,
+                 f" + a solo instance of {solo.threads}" if solo else "")
         return runtime
 
     def _check_signature(self) -> None:
@@ -219,7 +228,7 @@ class ModelRuntime:
     def warm(self, shapes: Sequence[tuple[int, int, int]], batch_sizes: Sequence[int]) -> float:
         """Run every session once per (batch size, HxWxC shape), so no request pays for first-run setup."""
         t0 = time.perf_counter()
-        for session in self.sessions:
+        for session in self.sessions + ([self.solo] if self.solo else []):
             for shape in shapes:
                 image = np.zeros(shape, np.uint8)
                 for b in batch_sizes:

@@ -51,12 +51,13 @@ class ClassifyResponse(BaseModel):
 class ModelInfo(BaseModel):
     model_config = ConfigDict(protected_namespaces=(), extra="allow", json_schema_extra={"examples": [{
         "name": "enet-camvid", "task": "segment", "architecture": "enet", "version": 1, "ready": True,
-        "labels": ["Sky", "Building", "..."], "num_classes": 12,
+        "labels": ["Sky", "Building", "..."], "num_classes": 11,
         "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "height": 360, "width": 480, "channels": 3,
                   "dynamic_size": True, "size_multiple": 8},
-        "provider": "CPUExecutionProvider", "device": "cpu", "precision": "fp32", "parameters": 371000,
-        "gflops": 3.8, "reference": {"metric": "mIoU", "value": 51.3, "dataset": "CamVid test"},
-        "batching": {"max_batch_size": 8, "max_delay_ms": 5.0, "max_queue": 64, "instances": 1},
+        "provider": "CPUExecutionProvider", "device": "cpu", "precision": "fp32", "parameters": 353378,
+        "gflops": 2.486, "reference": {"metric": "mIoU", "value": 51.3, "dataset": "CamVid test"},
+        "batching": {"max_batch_size": 8, "effective_max_batch_size": 2, "max_delay_ms": 5.0, "max_queue": 64,
+                     "instances": 2, "threads_per_instance": 1, "solo_instance_threads": 2},
     }]})
     name: str
     task: Literal["segment", "classify"]

@@ -105,7 +105,10 @@ class LoadedModel:
             "batching": {"max_batch_size": s.max_batch_size, "effective_max_batch_size": self.batch_size,
                          "measured_images_per_s": {str(b): round(r, 2) for b, r in (self.batch_rates or {}).items()},
                          "max_delay_ms": s.max_delay_ms,
-                         "max_queue": s.max_queue, "instances": s.instances, "request_timeout_s": s.request_timeout_s,
+                         "max_queue": s.max_queue, "instances": len(rt.sessions),
+                         "threads_per_instance": rt.sessions[0].threads,
+                         "solo_instance_threads": rt.solo.threads if rt.solo else None,
+                         "request_timeout_s": s.request_timeout_s,
                          "native_size": self.native_size},
             "warmup_s": rt.warmup_s,
         }
@@ -147,7 +150,8 @@ class ModelServer:
         """Start the batchers and the background warm-up (needs the running loop)."""
         s = self.settings
         for m in self.models.values():
-            m.batcher = Batcher(m.name, [sess.run for sess in m.runtime.sessions], max_batch_size=s.max_batch_size,
+            solo = m.runtime.solo.run if m.runtime.solo else None
+            m.batcher = Batcher(m.name, [sess.run for sess in m.runtime.sessions], solo=solo, max_batch_size=s.max_batch_size,
                                 max_delay_ms=s.max_delay_ms, max_queue=s.max_queue, timeout_s=s.request_timeout_s,
                                 observer=self.metrics.observer(m.name))
             m.batcher.start()

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     # -- runtime -------------------------------------------------------------------------------
     device: Device = Field("auto", description="auto: TensorRT, else CUDA, else CPU")
     precision: Precision = Field("auto", description="auto: fp16 on GPU, fp32 on CPU")
-    intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per session; 0: all cores / instances")
+    intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per instance; 0: all cores / instances")
     intra_op_spinning: bool = Field(
         True, description="let onnxruntime's CPU worker threads spin between kernels (onnxruntime's default: "
         "faster inference; turn off where other work shares the cores, e.g. training)")
@@ -55,7 +55,14 @@ class Settings(BaseSettings):
     max_delay_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests after its first")
     max_queue: int = Field(64, ge=1, description="requests waiting per model; past it 503 with Retry-After")
     request_timeout_s: float = Field(30.0, gt=0, description="deadline of a request in the queue; past it 504")
-    instances: int = Field(1, ge=1, le=16, description="sessions per model that run batches concurrently")
+    instances: int = Field(
+        0, ge=0, le=16, description="sessions per model that run batches concurrently, each with cores / instances "
+        "threads; 0: auto (2 on a CPU with 2 or more cores, else 1): on the CPU, two sessions with half the cores "
+        "each keep the cores busier under load than one with all of them")
+    solo_instance: bool = Field(
+        True, description="with more than one CPU instance: one more session, with the cores of all instances, runs a "
+        "batch when it is the only work (nothing else queued, running or being decoded), so a lone request gets "
+        "every core")
     native_size: bool = Field(
         False, description="run dynamic-size models (ENet) at the image's own size (padded to the size multiple) "
         "instead of resizing to the native size; batches only same-shape requests")
@@ -94,10 +101,17 @@ class Settings(BaseSettings):
         return value.lower() if isinstance(value, str) else value
 
     # -- derived -------------------------------------------------------------------------------
-    def session_threads(self) -> int:
+    def instance_count(self, device: str) -> int:
+        """`instances`, or for 0 (auto) 2 on a CPU with 2 or more cores and 1 on a GPU."""
+        if self.instances:
+            return self.instances
+        return 2 if device == "cpu" and cpu_count() >= 2 else 1
+
+    def session_threads(self, instances: int) -> int:
+        """Intra-op threads of each of `instances` sessions."""
         if self.intra_op_threads:
             return self.intra_op_threads
-        return max(1, cpu_count() // self.instances)
+        return max(1, cpu_count() // instances)
 
     def codec_threads(self) -> int:
         return self.decode_threads or cpu_count()

@@ -209,6 +209,49 @@ async def test_instances_run_batches_concurrently():
         await b.stop()
 
 
+def tagged_runner(tag: str, log: list, active: list, delay: float = 0.02):
+    """Records (tag, batch size, runners active at its start) per batch."""
+    lock = threading.Lock()
+
+    def run(arrays):
+        with lock:
+            active[0] += 1
+            log.append((tag, len(arrays), active[0]))
+        time.sleep(delay)
+        with lock:
+            active[0] -= 1
+        return [np.stack(arrays)]
+    return run
+
+
+async def test_a_lone_request_runs_on_the_solo_instance():
+    log, active = [], [0]
+    b = await _started(Batcher("m", [tagged_runner("a", log, active), tagged_runner("b", log, active)],
+                               solo=tagged_runner("solo", log, active), max_batch_size=2))
+    try:
+        for i in range(3):  # one client: each request is the only work
+            (out,) = await b.submit(item(i))
+            assert (out == i).all()
+        assert [tag for tag, _, _ in log] == ["solo"] * 3
+    finally:
+        await b.stop()
+
+
+async def test_under_load_the_instances_share_the_work_and_never_overlap_the_solo_instance():
+    log, active = [], [0]
+    b = await _started(Batcher("m", [tagged_runner("a", log, active), tagged_runner("b", log, active)],
+                               solo=tagged_runner("solo", log, active), max_batch_size=2))
+    try:
+        results = await asyncio.gather(*(b.submit(item(i)) for i in range(12)))
+        assert all((out == i).all() for i, (out,) in enumerate(results))
+        tags = [tag for tag, _, _ in log]
+        assert "a" in tags and "b" in tags  # both instances ran batches concurrently
+        assert max(n for tag, n, _ in log) == 2
+        assert all(concurrent == 1 for tag, _, concurrent in log if tag == "solo")
+    finally:
+        await b.stop()
+
+
 async def test_failed_batch_fails_its_callers_only():
     calls = 0
 

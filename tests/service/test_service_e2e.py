@@ -130,6 +130,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+async def _bench_client_posts(base: str, data: bytes, headers: dict, n: int) -> list[tuple[int, bytes]]:
+    from bench.load import Connection
+
+    conn = Connection(base, headers)
+    request = conn.request("/segment?format=png", data, "image/jpeg")
+    try:
+        return [await conn.send(request) for _ in range(n)]
+    finally:
+        await conn.close()
+
+
 def test_uvicorn_process(real_repo, tmp_path):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENET_SERVE_")}
@@ -161,6 +172,9 @@ def test_uvicorn_process(real_repo, tmp_path):
             r = c.post("/segment?format=png", content=data, headers={"X-API-Key": "k1"})
             assert r.status_code == 200, r.text
             assert Image.open(io.BytesIO(r.content)).size == size
+            # the load benchmark's own HTTP client (bench/load.py): keep-alive requests, the same answers
+            for status, body in asyncio.run(_bench_client_posts(base, data, {"X-API-Key": "k1"}, 3)):
+                assert status == 200 and body == r.content
             models = c.get("/models", headers={"Authorization": "Bearer k1"}).json()["models"]
             assert {m["name"] for m in models} >= {"enet-camvid", "lenet5-fashion"}
             assert all(m["provider"] == "CPUExecutionProvider" for m in models)

@@ -16,7 +16,20 @@ def test_defaults():
     assert s.device == "auto" and s.precision == "auto"
     assert s.default_segment_model == "enet-camvid" and s.default_classify_model == "lenet5-fashion"
     assert s.api_keys == [] and s.models == [] and s.allow_untrained is False
-    assert s.session_threads() >= 1
+    assert s.instances == 0 and s.solo_instance
+
+
+def test_instances_auto_split_the_cores(monkeypatch):
+    from service import settings as settings_module
+
+    monkeypatch.setattr(settings_module, "cpu_count", lambda: 8)
+    s = Settings()
+    assert s.instance_count("cpu") == 2 and s.session_threads(2) == 4
+    assert s.instance_count("cuda") == 1 and s.session_threads(1) == 8
+    monkeypatch.setattr(settings_module, "cpu_count", lambda: 1)
+    assert Settings().instance_count("cpu") == 1
+    explicit = Settings(instances=3, intra_op_threads=2)
+    assert explicit.instance_count("cpu") == 3 and explicit.session_threads(3) == 2
 
 
 def test_from_env(monkeypatch):
@@ -102,6 +115,6 @@ def test_service_never_imports_torch():
 def test_spinning_setting_reaches_the_session_options(monkeypatch):
     from service.runtime import session_options
 
-    assert session_options(Settings()).get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert session_options(Settings(), 1).get_session_config_entry("session.intra_op.allow_spinning") == "1"
     monkeypatch.setenv("ENET_SERVE_INTRA_OP_SPINNING", "false")
-    assert session_options(Settings()).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert session_options(Settings(), 1).get_session_config_entry("session.intra_op.allow_spinning") == "0"
