@@ -298,13 +298,18 @@ SERVER_SERIES = {  # metric -> short name, for the server-side breakdown of each
 
 
 async def scrape(url: str, model: str, headers: dict[str, str]) -> dict[str, tuple[float, float]]:
-    """(sum, count) of the server's histograms for `model`."""
+    """(sum, count) of the server's histograms for `model`, and (solo batches, all batches)."""
     import httpx
 
     async with httpx.AsyncClient(base_url=url) as c:
         text = (await c.get("/metrics", headers=headers)).text
     out: dict[str, list[float]] = {}
     for line in text.splitlines():
+        if line.startswith("enet_serve_batches_total{") and f'model="{model}"' in line:
+            counts = out.setdefault("solo_share", [0.0, 0.0])
+            n = float(line.rsplit(" ", 1)[1])
+            counts[0] += n if 'instance="solo"' in line else 0.0
+            counts[1] += n
         for metric, short in SERVER_SERIES.items():
             for part, idx in (("_sum", 0), ("_count", 1)):
                 if line.startswith(f'{metric}{part}{{model="{model}"}}'):
@@ -313,13 +318,14 @@ async def scrape(url: str, model: str, headers: dict[str, str]) -> dict[str, tup
 
 
 def server_breakdown(before: dict, after: dict) -> dict[str, float]:
-    """Means over one phase: batch size, ms of inference per batch, ms of queue wait and decode per request."""
+    """Means over one phase: batch size, ms of inference per batch, ms of queue wait and decode per request,
+    and the share of batches that ran on the solo instance."""
     res = {}
     for key, (s1, c1) in after.items():
         s0, c0 = before.get(key, (0.0, 0.0))
         if c1 > c0:
             mean = (s1 - s0) / (c1 - c0)
-            res[key] = mean if key == "batch" else mean * 1e3
+            res[key] = mean if key in ("batch", "solo_share") else mean * 1e3
     return res
 
 
@@ -377,7 +383,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  service {n:3d} clients: median {r['median_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
                   f"{r['images_per_s']:7.2f} img/s  errors {r['errors'] or 0}  | server means: "
                   f"batch {sv.get('batch', 0):.2f}, inference {sv.get('inference', 0):.1f} ms/batch, "
-                  f"queue wait {sv.get('queue_wait', 0):.1f} ms, decode {sv.get('decode', 0):.2f} ms", flush=True)
+                  f"queue wait {sv.get('queue_wait', 0):.1f} ms, decode {sv.get('decode', 0):.2f} ms, "
+                  f"solo {100 * sv.get('solo_share', 0):.0f} % of batches", flush=True)
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)

@@ -54,7 +54,7 @@ class BatchObserver:
     """Hooks for metrics; the default does nothing."""
 
     def queue_depth(self, depth: int) -> None: ...
-    def batch(self, size: int, inference_s: float, waits_s: Sequence[float]) -> None: ...
+    def batch(self, size: int, inference_s: float, waits_s: Sequence[float], instance: str = "0") -> None: ...
     def expired(self) -> None: ...
 
 
@@ -75,7 +75,7 @@ class Batcher:
         self.incoming = 0  # requests announced (being read/decoded) but not submitted yet
         self._queue: asyncio.Queue[_Item] | None = None
         self._pending: collections.deque[_Item] = collections.deque()
-        self._free: asyncio.Queue[Runner] | None = None
+        self._free: asyncio.Queue[int] | None = None  # indices of the idle runners
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
         self._executor: ThreadPoolExecutor | None = None
@@ -86,8 +86,8 @@ class Batcher:
         """Start the batcher task on the running loop."""
         self._queue = asyncio.Queue()
         self._free = asyncio.Queue()
-        for r in self.runners:
-            self._free.put_nowait(r)
+        for i in range(len(self.runners)):
+            self._free.put_nowait(i)
         self._executor = ThreadPoolExecutor(max_workers=len(self.runners), thread_name_prefix=f"infer-{self.name}")
         self._closed = False
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
@@ -160,18 +160,18 @@ class Batcher:
     async def _loop(self) -> None:
         assert self._free is not None
         while True:
-            runner = await self._free.get()
+            index = await self._free.get()
             try:
                 batch, waits = await self._collect()
             except BaseException:
-                self._free.put_nowait(runner)
+                self._free.put_nowait(index)
                 raise
-            held = [runner]
+            held, runner, instance = [index], self.runners[index], str(index)
             if self.solo is not None and self._alone():
                 # the batch is all the work there is: run it with every core, holding all instances meanwhile
                 held += [self._free.get_nowait() for _ in range(self._free.qsize())]
-                runner = self.solo
-            task = asyncio.get_running_loop().create_task(self._run(runner, batch, waits, held))
+                runner, instance = self.solo, "solo"
+            task = asyncio.get_running_loop().create_task(self._run(runner, instance, batch, waits, held))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
@@ -262,14 +262,14 @@ class Batcher:
             if self._live(item, time.monotonic()):
                 (batch if item.key == first.key else self._pending).append(item)
 
-    async def _run(self, runner: Runner, batch: list[_Item], waits: list[float], held: list[Runner]) -> None:
+    async def _run(self, runner: Runner, instance: str, batch: list[_Item], waits: list[float], held: list[int]) -> None:
         assert self._free is not None
         loop = asyncio.get_running_loop()
         try:
             t0 = time.perf_counter()
             outputs = await loop.run_in_executor(self._executor, runner, [item.array for item in batch])
             elapsed = time.perf_counter() - t0
-            self.observer.batch(len(batch), elapsed, waits)
+            self.observer.batch(len(batch), elapsed, waits, instance)
             for i, item in enumerate(batch):
                 if not item.future.done():
                     item.future.set_result(tuple(out[i] for out in outputs))
@@ -279,8 +279,8 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(InferenceFailed(f"model {self.name}: inference failed: {e}"))
         finally:
-            for r in held:
-                self._free.put_nowait(r)
+            for i in held:
+                self._free.put_nowait(i)
 
     def _drain(self) -> list[_Item]:
         items = list(self._pending)

@@ -7,6 +7,7 @@ Names follow the Prometheus conventions (base units in the name, `_total` on cou
 - enet_serve_queue_wait_seconds{model}                (histogram: enqueue -> batch start)
 - enet_serve_inference_duration_seconds{model}        (histogram: one batch in onnxruntime)
 - enet_serve_batch_size{model}                        (histogram)
+- enet_serve_batches_total{model, instance}           (batches run per instance: 0, 1, ... or solo)
 - enet_serve_decode_duration_seconds{model}           (histogram: decode + resize)
 - enet_serve_queue_depth{model}                       (gauge)
 - enet_serve_model_ready{model}                       (gauge, 1 when loaded and warmed)
@@ -43,6 +44,8 @@ class Metrics:
                                    ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram(f"{ns}_batch_size", "requests per batch", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.batches = Counter(f"{ns}_batches", "batches run, by model instance (0, 1, ... or solo)",
+                               ["model", "instance"], registry=r)
         self.decode = Histogram(f"{ns}_decode_duration_seconds", "decode and resize of one input image",
                                 ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge(f"{ns}_queue_depth", "requests waiting for a batch", ["model"], registry=r)
@@ -71,11 +74,14 @@ class ModelObserver(BatchObserver):
         self._inference = metrics.inference.labels(model)
         self._wait = metrics.queue_wait.labels(model)
         self._expired = metrics.deadline_exceeded.labels(model)
+        self._batches = metrics.batches
+        self._model = model
 
     def queue_depth(self, depth: int) -> None:
         self._depth.set(depth)
 
-    def batch(self, size: int, inference_s: float, waits_s: Sequence[float]) -> None:
+    def batch(self, size: int, inference_s: float, waits_s: Sequence[float], instance: str = "0") -> None:
+        self._batches.labels(self._model, instance).inc()
         self._batch.observe(size)
         self._inference.observe(inference_s)
         for w in waits_s:

@@ -16,6 +16,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="total epochs (default: the recipe's)")
     p.add_argument("--lr", type=float, help="initial learning rate (default: the recipe's)")
     p.add_argument("--full-epochs", type=int, help="enet-camvid: how many of the last epochs train on whole frames")
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="enet-camvid: crop size of the other epochs")
+    p.add_argument("--scale", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="enet-camvid: random scale range before cropping (1 1: none)")
+    p.add_argument("--jitter", type=float, help="enet-camvid: colour jitter amount (0: none)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument("--init-from", type=Path, metavar="FILE",
                    help="enet-camvid: start a new run from these weights (a checkpoint or models/weights/*.pth)")
@@ -61,6 +65,12 @@ def _train(args: argparse.Namespace) -> int:
             recipe.full_epochs = args.full_epochs
         if args.lr:
             recipe.lr = args.lr
+        if args.crop:
+            recipe.crop = tuple(args.crop)
+        if args.scale:
+            recipe.scale = tuple(args.scale)
+        if args.jitter is not None:
+            recipe.jitter = args.jitter
         entry = train_segmentation(args.data or DEFAULT_CAMVID, run_dir, recipe, resume=args.resume,
                                    device=args.device, threads=args.threads, weights_out=weights_out, progress=not args.no_progress,
                                    command=_command_line(), init_from=args.init_from)

@@ -208,6 +208,13 @@ async def test_metrics_names(serve):
     assert 'enet_serve_requests_total{model="enet-camvid",route="/segment",status="200"} 1.0' in text
     assert 'enet_serve_requests_total{model="",route="/segment",status="404"} 1.0' in text
     assert 'enet_serve_model_ready{model="enet-camvid"} 1.0' in text
+    # a lone request runs on the solo instance (every core) when the CPU has room for two instances
+    from service.settings import cpu_count
+
+    instance = "solo" if cpu_count() >= 2 else "0"
+    batches = [line for line in text.splitlines() if line.startswith("enet_serve_batches_total{")]
+    assert len(batches) == 1 and 'model="enet-camvid"' in batches[0] and f'instance="{instance}"' in batches[0]
+    assert batches[0].endswith(" 1.0"), batches
     # each app has its own registry: a second app starts from zero
     c2 = await serve()
     assert 'route="/segment",status="200"' not in (await c2.get("/metrics")).text

@@ -15,10 +15,12 @@ from service.errors import DeadlineExceeded, InferenceFailed, QueueFull
 class Recorder(BatchObserver):
     def __init__(self):
         self.sizes: list[int] = []
+        self.instances: list[str] = []
         self.expired_count = 0
 
-    def batch(self, size, inference_s, waits_s):
+    def batch(self, size, inference_s, waits_s, instance="0"):
         self.sizes.append(size)
+        self.instances.append(instance)
 
     def expired(self):
         self.expired_count += 1
@@ -225,27 +227,29 @@ def tagged_runner(tag: str, log: list, active: list, delay: float = 0.02):
 
 
 async def test_a_lone_request_runs_on_the_solo_instance():
-    log, active = [], [0]
+    log, active, rec = [], [0], Recorder()
     b = await _started(Batcher("m", [tagged_runner("a", log, active), tagged_runner("b", log, active)],
-                               solo=tagged_runner("solo", log, active), max_batch_size=2))
+                               solo=tagged_runner("solo", log, active), max_batch_size=2, observer=rec))
     try:
         for i in range(3):  # one client: each request is the only work
             (out,) = await b.submit(item(i))
             assert (out == i).all()
         assert [tag for tag, _, _ in log] == ["solo"] * 3
+        assert rec.instances == ["solo"] * 3
     finally:
         await b.stop()
 
 
 async def test_under_load_the_instances_share_the_work_and_never_overlap_the_solo_instance():
-    log, active = [], [0]
+    log, active, rec = [], [0], Recorder()
     b = await _started(Batcher("m", [tagged_runner("a", log, active), tagged_runner("b", log, active)],
-                               solo=tagged_runner("solo", log, active), max_batch_size=2))
+                               solo=tagged_runner("solo", log, active), max_batch_size=2, observer=rec))
     try:
         results = await asyncio.gather(*(b.submit(item(i)) for i in range(12)))
         assert all((out == i).all() for i, (out,) in enumerate(results))
         tags = [tag for tag, _, _ in log]
         assert "a" in tags and "b" in tags  # both instances ran batches concurrently
+        assert {"0", "1"} <= set(rec.instances)
         assert max(n for tag, n, _ in log) == 2
         assert all(concurrent == 1 for tag, _, concurrent in log if tag == "solo")
     finally:
