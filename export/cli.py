@@ -1,5 +1,5 @@
 """`enet-serve export ARCH [--name NAME] (--weights FILE | --random-init) [--num-classes K]
-[--precision fp32,fp16] [--repository DIR]`."""
+[--set KEY=VALUE ...] [--precision fp32,fp16] [--repository DIR]`."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     source.add_argument("--random-init", action="store_true", help="random weights (the config says untrained)")
     p.add_argument("--num-classes", type=int, metavar="K", help="outputs of the model (default: the checkpoint's, "
                    "else the architecture's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="builder_args",
+                   help="an argument of the architecture's builder (repeatable), e.g. transform_input=true for "
+                   "torchvision's googlenet/inception_v3 weights; VALUE is read as JSON (true, 0.2, \"text\") "
+                   "or else as a string")
     p.add_argument("--precision", default="fp32,fp16", help="comma-separated: fp32, fp16 (default: both)")
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
                    help=f"model repository directory (default: {DEFAULT_REPOSITORY})")
@@ -30,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = export(args.arch, args.repository, args.name, weights=args.weights, random_init=args.random_init,
-                        num_classes=args.num_classes, precisions=args.precision, check=not args.no_check)
+                        num_classes=args.num_classes, precisions=args.precision, check=not args.no_check,
+                        builder_args=parse_builder_args(args.builder_args))
     except ExportError as e:
         print(f"enet-serve export: error: {e}", file=sys.stderr)
         return 1
@@ -44,3 +49,24 @@ def run(args: argparse.Namespace) -> int:
     print(f"{cfg['name']}: {cfg['architecture']} {cfg['task']}, {cfg['parameters']:,} parameters, "
           f"{trained}, exported to {result.path} ({files})")
     return 0
+
+
+def parse_builder_args(items: list[str]) -> dict:
+    """["transform_input=true", "dropout=0.2"] -> {"transform_input": True, "dropout": 0.2}."""
+    import json
+
+    from export.errors import ExportError
+
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ExportError(f"--set {item!r}: expected KEY=VALUE with KEY a builder argument name")
+        if key == "num_classes":
+            raise ExportError("--set num_classes=...: use --num-classes")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out

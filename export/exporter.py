@@ -52,15 +52,22 @@ def _precisions(precisions) -> list[str]:
     return sorted(out, key=PRECISIONS.index)  # FP32 first: the FP16 check compares with it
 
 
-def build_model(arch: str, spec: ModelSpec, weights: Weights | None, num_classes: int | None) -> tuple[nn.Module, int]:
-    """The model in eval mode with its weights, and its number of classes."""
+def build_model(arch: str, spec: ModelSpec, weights: Weights | None, num_classes: int | None,
+                builder_args: dict | None = None) -> tuple[nn.Module, int]:
+    """The model in eval mode with its weights, and its number of classes. `builder_args` go to the
+    architecture's builder (e.g. transform_input=True for torchvision's GoogLeNet/Inception v3 weights)."""
     k = num_classes or (weights.num_classes if weights is not None else None) or spec.num_classes
-    if weights is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)  # the same random-init graph every time
-            model = get_model(arch, num_classes=k)
-    else:
-        model = get_model(arch, num_classes=k)
+    kwargs = {**(builder_args or {}), "num_classes": k}
+    try:
+        if weights is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_INIT_SEED)  # the same random-init graph every time
+                model = get_model(arch, **kwargs)
+        else:
+            model = get_model(arch, **kwargs)
+    except TypeError as e:
+        raise ExportError(f"{arch}: its builder does not take {sorted(builder_args or {})}: {e}") from None
+    if weights is not None:
         load_into(model, weights, arch)
     return model.eval(), k
 
@@ -91,15 +98,16 @@ def torch_threads(n: int):
 
 def export(arch: str, repository: Path | None = None, name: str | None = None, *, weights: Path | None = None,
            random_init: bool = False, num_classes: int | None = None, precisions=PRECISIONS,
-           check: bool = True, fp16_method: str = "torch") -> ExportResult:
+           check: bool = True, fp16_method: str = "torch", builder_args: dict | None = None) -> ExportResult:
     """Like `export_model`, with the check results and notes (for the CLI)."""
     with torch_threads(1):
         return _export(arch, repository, name, weights=weights, random_init=random_init, num_classes=num_classes,
-                       precisions=precisions, check=check, fp16_method=fp16_method)
+                       precisions=precisions, check=check, fp16_method=fp16_method, builder_args=builder_args)
 
 
 def _export(arch: str, repository: Path | None, name: str | None, *, weights: Path | None, random_init: bool,
-            num_classes: int | None, precisions, check: bool, fp16_method: str) -> ExportResult:
+            num_classes: int | None, precisions, check: bool, fp16_method: str,
+            builder_args: dict | None) -> ExportResult:
     spec = _spec(arch)
     name = check_name(name or arch)
     repository = Path(repository) if repository is not None else DEFAULT_REPOSITORY
@@ -110,7 +118,7 @@ def _export(arch: str, repository: Path | None, name: str | None, *, weights: Pa
         raise ExportError(f"num_classes must be positive, not {num_classes}")
 
     loaded = read_weights(Path(weights)) if weights is not None else None
-    model, k = build_model(arch, spec, loaded, num_classes)
+    model, k = build_model(arch, spec, loaded, num_classes, builder_args)
     parameters = sum(p.numel() for p in model.parameters())
     gflops = spec.gflops if spec.gflops > 0 and k == spec.num_classes else count_gflops(model, spec)
     notes: list[str] = []
@@ -145,6 +153,8 @@ def _export(arch: str, repository: Path | None, name: str | None, *, weights: Pa
         config = build_config(name=name, arch=arch, spec=spec, num_classes=k, model_dir=staged,
                               precisions=precisions, parameters=parameters, gflops=gflops, weights=loaded,
                               opset=OPSET)
+        if builder_args:
+            config["builder_args"] = dict(builder_args)
         write_config(staged, config)
         final = publish(staged, repository, name)
     return ExportResult(final, config, results, notes)
@@ -152,13 +162,14 @@ def _export(arch: str, repository: Path | None, name: str | None, *, weights: Pa
 
 def export_model(arch: str, repository: Path, name: str | None = None, *, weights: Path | None = None,
                  random_init: bool = False, num_classes: int | None = None, precisions=("fp32", "fp16"),
-                 check: bool = True) -> Path:
+                 check: bool = True, builder_args: dict | None = None) -> Path:
     """Export architecture `arch` to `repository/name` (default name: `arch`); returns the model's directory.
 
     Exactly one of `weights` (a torchvision .pth or a training checkpoint) and `random_init=True`.
     With `check` (the default) the graphs are checked against PyTorch first (see export.checks);
-    nothing is written unless every check passed. Raises WeightsError for weight files that are
+    nothing is written unless every check passed. `builder_args` go to the architecture's builder
+    and are recorded in config.json. Raises WeightsError for weight files that are
     missing, unreadable or do not fit, ExportCheckError for a failed check, ExportError otherwise.
     """
     return export(arch, repository, name, weights=weights, random_init=random_init, num_classes=num_classes,
-                  precisions=precisions, check=check).path
+                  precisions=precisions, check=check, builder_args=builder_args).path

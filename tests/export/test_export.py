@@ -315,6 +315,24 @@ def test_cli_error_is_one_line(tmp_path, capsys):
         main(["export", "lenet5", "--random-init", "--weights", "x.pth"])
 
 
+def test_builder_arguments_reach_the_builder_and_the_config(tmp_path, capsys):
+    from enet_serve.cli import main
+    from export.cli import parse_builder_args
+    from export.exporter import build_model
+
+    assert parse_builder_args(["transform_input=true", "dropout=0.2", "mode=fast"]) == {
+        "transform_input": True, "dropout": 0.2, "mode": "fast"}
+    googlenet, _ = build_model("googlenet", models.get_spec("googlenet"), None, None, {"transform_input": True})
+    assert googlenet.transform_input is True
+    # a builder argument that the architecture has no use for is an error naming it, and writes nothing
+    assert main(["export", "lenet5", "--random-init", "--set", "transform_input=true",
+                 "--repository", str(tmp_path)]) == 1
+    assert "lenet5" in capsys.readouterr().err and not (tmp_path / "lenet5").exists()
+    assert main(["export", "lenet5", "--random-init", "--set", "in_channels=1", "--precision", "fp32",
+                 "--repository", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "lenet5" / "config.json").read_text())["builder_args"] == {"in_channels": 1}
+
+
 def test_failed_check_raises_and_writes_nothing(tmp_path, monkeypatch):
     import export.graph as graph
 
