@@ -9,8 +9,9 @@ Only the batcher task takes items off the queue. It loops:
    is on its way (being decoded: `announce()`), it does not wait at all, so a lone client pays no delay;
 3. run the batch in a worker thread (onnxruntime releases the GIL) and hand each caller its own row.
    With a `solo` runner (one session with the cores of all instances), a batch that is the only work
-   (every instance free, nothing queued or on its way) runs there instead, holding every instance
-   until it ends: a lone request gets all cores, while under load the instances share them.
+   (every instance free, nothing queued or on its way) may run there instead, holding every instance
+   until it ends: a lone request gets all cores, while under load the instances share them. Which of
+   the two serves a lone batch is measured, not assumed (`LoneBatchChoice`).
 
 While an instance is busy, requests pile up in the queue; when it frees, they leave as one batch,
 so batches grow with load without anyone waiting on a timer. Items of another shape key (the
@@ -58,6 +59,39 @@ class BatchObserver:
     def expired(self) -> None: ...
 
 
+class LoneBatchChoice:
+    """Where a batch that is the only work runs: on the solo instance or on one instance, whichever
+    took less time per image lately (moving averages over lone batches only).
+
+    Usually the solo instance's threads make it the faster; but on a VM whose vCPUs are not always
+    scheduled together, a multi-threaded session turns ~3x slower for minutes at a time while a
+    single-threaded one does not (BENCHMARKS.md). Every `explore_every`-th lone batch goes the other
+    way, so the choice follows the machine.
+    """
+
+    SOLO, INSTANCE = "solo", "instance"
+
+    def __init__(self, explore_every: int = 16, alpha: float = 0.3):
+        self.explore_every, self.alpha = explore_every, alpha
+        self.seconds_per_image: dict[str, float | None] = {self.SOLO: None, self.INSTANCE: None}
+        self.count = 0
+
+    def pick(self) -> str:
+        self.count += 1
+        for kind, estimate in self.seconds_per_image.items():
+            if estimate is None:
+                return kind  # the solo instance first, then one instance once
+        best = min(self.seconds_per_image, key=lambda k: self.seconds_per_image[k])  # type: ignore[arg-type, return-value]
+        if self.count % self.explore_every == 0:
+            return self.INSTANCE if best == self.SOLO else self.SOLO
+        return best
+
+    def record(self, kind: str, seconds: float, images: int) -> None:
+        per_image = seconds / max(1, images)
+        prev = self.seconds_per_image[kind]
+        self.seconds_per_image[kind] = per_image if prev is None else prev + self.alpha * (per_image - prev)
+
+
 class Batcher:
     def __init__(self, name: str, runners: Sequence[Runner], *, solo: Runner | None = None, max_batch_size: int = 8,
                  max_delay_ms: float = 5.0, max_queue: int = 64, timeout_s: float = 30.0,
@@ -67,6 +101,7 @@ class Batcher:
         self.name = name
         self.runners = list(runners)
         self.solo = solo
+        self.lone_choice = LoneBatchChoice()
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_ms / 1000.0
         self.max_queue = max_queue
@@ -166,12 +201,14 @@ class Batcher:
             except BaseException:
                 self._free.put_nowait(index)
                 raise
-            held, runner, instance = [index], self.runners[index], str(index)
+            held, runner, instance, lone = [index], self.runners[index], str(index), None
             if self.solo is not None and self._alone():
-                # the batch is all the work there is: run it with every core, holding all instances meanwhile
-                held += [self._free.get_nowait() for _ in range(self._free.qsize())]
-                runner, instance = self.solo, "solo"
-            task = asyncio.get_running_loop().create_task(self._run(runner, instance, batch, waits, held))
+                lone = self.lone_choice.pick()
+                if lone == LoneBatchChoice.SOLO:
+                    # the batch is all the work there is: every core for it, holding all instances meanwhile
+                    held += [self._free.get_nowait() for _ in range(self._free.qsize())]
+                    runner, instance = self.solo, "solo"
+            task = asyncio.get_running_loop().create_task(self._run(runner, instance, batch, waits, held, lone))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
@@ -262,7 +299,8 @@ class Batcher:
             if self._live(item, time.monotonic()):
                 (batch if item.key == first.key else self._pending).append(item)
 
-    async def _run(self, runner: Runner, instance: str, batch: list[_Item], waits: list[float], held: list[int]) -> None:
+    async def _run(self, runner: Runner, instance: str, batch: list[_Item], waits: list[float], held: list[int],
+                   lone: str | None = None) -> None:
         assert self._free is not None
         loop = asyncio.get_running_loop()
         try:
@@ -270,6 +308,8 @@ class Batcher:
             outputs = await loop.run_in_executor(self._executor, runner, [item.array for item in batch])
             elapsed = time.perf_counter() - t0
             self.observer.batch(len(batch), elapsed, waits, instance)
+            if lone is not None:
+                self.lone_choice.record(lone, elapsed, len(batch))
             for i, item in enumerate(batch):
                 if not item.future.done():
                     item.future.set_result(tuple(out[i] for out in outputs))

@@ -226,16 +226,21 @@ def tagged_runner(tag: str, log: list, active: list, delay: float = 0.02):
     return run
 
 
-async def test_a_lone_request_runs_on_the_solo_instance():
+@pytest.mark.parametrize("solo_s,instance_s,expected", [(0.005, 0.03, "solo"), (0.03, 0.005, "instance")])
+async def test_lone_requests_run_where_they_ran_fastest(solo_s, instance_s, expected):
+    # usually the solo instance (every core); but where it turns slower (a VM whose vCPUs are not
+    # scheduled together), lone requests move to one instance, and keep checking the other way
     log, active, rec = [], [0], Recorder()
-    b = await _started(Batcher("m", [tagged_runner("a", log, active), tagged_runner("b", log, active)],
-                               solo=tagged_runner("solo", log, active), max_batch_size=2, observer=rec))
+    b = await _started(Batcher("m", [tagged_runner("a", log, active, instance_s), tagged_runner("b", log, active, instance_s)],
+                               solo=tagged_runner("solo", log, active, solo_s), max_batch_size=2, observer=rec))
     try:
-        for i in range(3):  # one client: each request is the only work
+        for i in range(20):  # one client: each request is the only work
             (out,) = await b.submit(item(i))
             assert (out == i).all()
-        assert [tag for tag, _, _ in log] == ["solo"] * 3
-        assert rec.instances == ["solo"] * 3
+        ran = ["solo" if i == "solo" else "instance" for i in rec.instances]
+        assert ran[:2] == ["solo", "instance"]  # each way measured once
+        assert ran.count(expected) >= 17  # then the faster one, but for one look at the other
+        assert 0 < ran.count("solo") < 20
     finally:
         await b.stop()
 
