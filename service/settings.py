@@ -61,8 +61,8 @@ class Settings(BaseSettings):
         "each keep the cores busier under load than one with all of them")
     solo_instance: bool = Field(
         True, description="with more than one CPU instance: one more session, with the cores of all instances, runs a "
-        "batch when it is the only work (nothing else queued, running or being decoded), so a lone request gets "
-        "every core")
+        "batch that is the only work (nothing else queued, running or being decoded) while it measures faster per "
+        "image than one instance, so a lone request gets every core")
     native_size: bool = Field(
         False, description="run dynamic-size models (ENet) at the image's own size (padded to the size multiple) "
         "instead of resizing to the native size; batches only same-shape requests")
