@@ -7,6 +7,7 @@ a comma-separated string or a JSON list in the environment.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -18,12 +19,37 @@ Device = Literal["auto", "cpu", "cuda", "tensorrt"]
 Precision = Literal["auto", "fp32", "fp16"]
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
 def cpu_count() -> int:
-    """Cores this process may use (the affinity mask, so containers limited by cpuset count right)."""
+    """Cores this process may use: the affinity mask (cpusets), capped by the cgroup's CPU quota
+    rounded up (a Kubernetes CPU limit is a quota, not a cpuset: the mask still shows every core)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        n = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        n = min(n, math.ceil(quota))
+    return max(1, n)
+
+
+def cgroup_cpu_quota(root: Path | None = None) -> float | None:
+    """CPUs the cgroup's quota allows (v2 `cpu.max`, v1 `cpu/cpu.cfs_quota_us` over `cpu.cfs_period_us`);
+    None when unlimited or unreadable."""
+    root = root or CGROUP_ROOT
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 class Settings(BaseSettings):

@@ -32,6 +32,25 @@ def test_instances_auto_split_the_cores(monkeypatch):
     assert explicit.instance_count("cpu") == 3 and explicit.session_threads(3) == 2
 
 
+def test_cpu_count_honours_a_cgroup_quota(monkeypatch, tmp_path):
+    from service import settings as settings_module
+
+    monkeypatch.setattr(settings_module.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(settings_module, "CGROUP_ROOT", tmp_path)
+    assert settings_module.cpu_count() == 16  # no cgroup files: the affinity mask
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert settings_module.cpu_count() == 16  # unlimited
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # a Kubernetes limit of 1.5 CPUs
+    assert settings_module.cgroup_cpu_quota() == 1.5 and settings_module.cpu_count() == 2
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")  # cgroup v1
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert settings_module.cpu_count() == 4
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert settings_module.cpu_count() == 16
+
+
 def test_from_env(monkeypatch):
     env = {
         "ENET_SERVE_REPOSITORY": "/srv/models",
