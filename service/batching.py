@@ -78,13 +78,13 @@ class LoneBatchChoice:
 
     def pick(self) -> str:
         self.count += 1
-        for kind, estimate in self.seconds_per_image.items():
-            if estimate is None:
-                return kind  # the solo instance first, then one instance once
-        best = min(self.seconds_per_image, key=lambda k: self.seconds_per_image[k])  # type: ignore[arg-type, return-value]
-        if self.count % self.explore_every == 0:
-            return self.INSTANCE if best == self.SOLO else self.SOLO
-        return best
+        solo, instance = self.seconds_per_image[self.SOLO], self.seconds_per_image[self.INSTANCE]
+        if solo is None:
+            return self.SOLO
+        if instance is None:
+            return self.INSTANCE  # measured once early on, then only when exploring
+        best, other = (self.SOLO, self.INSTANCE) if solo <= instance else (self.INSTANCE, self.SOLO)
+        return other if self.count % self.explore_every == 0 else best
 
     def record(self, kind: str, seconds: float, images: int) -> None:
         per_image = seconds / max(1, images)
