@@ -210,6 +210,8 @@ class Connection:
         from urllib.parse import urlsplit
 
         parts = urlsplit(url)
+        if parts.scheme != "http":
+            raise SystemExit(f"bench load speaks plain HTTP/1.1 only, not {url!r}")
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.prefix = parts.path.rstrip("/")
         self.headers = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
