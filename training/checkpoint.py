@@ -23,12 +23,16 @@ def load_checkpoint(path: Path) -> dict:
 
 def ship_weights(run_dir: Path, weights_out: Path, pick: str = "best") -> dict:
     """Write models/weights/<name>.pth from a run: the state_dict of its best (or last) epoch, its scores
-    and how it was trained (commands, recipe, epochs, wall time, hardware); no optimizer state."""
+    and how it was trained (commands, recipe, epochs, wall time, hardware, and for a fine-tuning run
+    the record of the weights it started from); no optimizer state."""
     last = load_checkpoint(run_dir / "last.pt")
     chosen = last if pick == "last" else load_checkpoint(run_dir / "best.pt")
     training = {"commands": last.get("commands", []), "recipe": last["recipe"], "epochs": len(last["history"]),
                 "epoch_shipped": chosen["epoch"] + 1, "wall_time_s": round(last["wall_time_s"]),
                 "hardware": last["hardware"]}
+    if last.get("init_from"):
+        # a fine-tuning run: where it started, and how those weights were trained
+        training["initialised_from"] = last["init_from"]
     shipped = {"arch": chosen["arch"], "num_classes": chosen["num_classes"], "model": chosen["model"],
                "metrics": chosen["metrics"], "training": training}
     save_atomic(shipped, weights_out)

@@ -17,11 +17,14 @@ class TrainingRun:
     scores) and `history.jsonl` (one line per epoch). A missing checkpoint fails at construction,
     before any data is read."""
 
-    def __init__(self, run_dir: Path, recipe, num_classes: int, resume: bool, command: str | None, hardware: str):
+    def __init__(self, run_dir: Path, recipe, num_classes: int, resume: bool, command: str | None, hardware: str,
+                 init_record: dict | None = None):
         self.run_dir, self.num_classes = run_dir, num_classes
         self.last_path, self.best_path = run_dir / "last.pt", run_dir / "best.pt"
         self.recipe, self.hardware = recipe, hardware
         self._state = load_checkpoint(self.last_path) if resume else None
+        # The weights a fine-tuning run started from, with their own training record (kept on --resume).
+        self.init_record = (self._state or {}).get("init_from") or init_record
         self.start_epoch, self.best_score, self.history, self.wall_time_s = 0, float("-inf"), [], 0.0
         # Every command that (re)started this run, for the record in the shipped weights and config.json.
         self.commands = (self._state or {}).get("commands", []) + ([command] if command else [])
@@ -54,7 +57,7 @@ class TrainingRun:
         self.history.append(entry)
         save_atomic({**common, "optimizer": optimizer.state_dict(), "best_score": self.best_score,
                      "history": self.history, "wall_time_s": self.wall_time_s, **rng_state(),
-                     "recipe": dataclasses.asdict(self.recipe), "commands": self.commands,
+                     "recipe": dataclasses.asdict(self.recipe), "commands": self.commands, "init_from": self.init_record,
                      "hardware": self.hardware}, self.last_path)
         with open(self.run_dir / "history.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")

@@ -46,6 +46,11 @@ def test_enet_steps_lower_the_loss_and_resume(tmp_path):
                        init_from=tmp_path / "enet.pth")
     finetune = load_checkpoint(tmp_path / "finetune" / "last.pt")["history"]
     assert finetune[0]["loss"] < history[0]["loss"]
+    # ... and its shipped weights say what they started from, with that file's own training record
+    from training.checkpoint import ship_weights
+
+    record = ship_weights(tmp_path / "finetune", tmp_path / "ft.pth")["training"]["initialised_from"]
+    assert record["file"] == str(tmp_path / "enet.pth") and record["training"]["epochs"] == 7
 
 
 @needs_fashion
