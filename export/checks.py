@@ -3,8 +3,9 @@
 - contract: input `image` uint8 [N, H, W, C] (H, W dynamic for segmentation), first output `mask`
   uint8 [N, H, W] or `probabilities` float32 [N, K];
 - op set: only default-domain ONNX ops, none on `DENY_OPS` (ops that onnxruntime runs on CPU only);
-- FP32 vs PyTorch: the logits in front of the graph's ArgMax / Softmax close to the model's, and the
-  classes agree on >= 99.9% of pixels / samples (real images where the weights are trained: CamVid
+- FP32 vs PyTorch: >= 99% of the logits in front of the graph's ArgMax / Softmax close to the
+  model's (unpooling near-ties move a few, see FP32_LOGITS_WITHIN), and the classes agree on
+  >= 99.9% of pixels / samples (real images where the weights are trained: CamVid
   val for CamVid models, Fashion-MNIST test for Fashion-MNIST models; random images otherwise);
 - FP16 vs FP32: no NaN or Inf, classes agree on >= 99%;
 - batch 1 and batch 8 run and give the same answers; segmentation graphs also at a size that is not
@@ -53,6 +54,12 @@ DENY_OPS = {
 }
 
 FP32_AGREEMENT = 0.999
+# Share of the FP32 logits that must be within FP32_LOGIT_RTOL of PyTorch's. Not 0.999: ENet's
+# unpooling puts a value where its 2x2 window's maximum was, and where the top two are within
+# rounding (BN folded, other kernels) the two frameworks pick different positions. The trained
+# enet-camvid has such near-ties (top two within 1e-6) in 12 % of its second pooling's windows, and
+# 0.4 % of its logits move (97 % of those at a near-tie), with 99.9997 % of its val masks equal.
+FP32_LOGITS_WITHIN = 0.99
 FP16_AGREEMENT = 0.99
 FP32_LOGIT_RTOL = 1e-3  # of the largest |logit|
 FP16_LOGIT_RTOL = 2e-2
@@ -300,7 +307,7 @@ def run_checks(model: nn.Module, spec: ModelSpec, num_classes: int, graphs: list
                     tol = FP32_LOGIT_RTOL * scale
                     within = float((diff <= tol).mean())
                     results.append(CheckResult(
-                        "FP32 logits vs PyTorch", within >= FP32_AGREEMENT,
+                        "FP32 logits vs PyTorch", within >= FP32_LOGITS_WITHIN,
                         f"{100 * within:.3f}% within {tol:.1e} (max |logit| {scale:.3g}; max |diff| "
                         f"{diff.max():.2e}, mean {diff.mean():.1e})"))
             plain, decisive = agreement(classes, ref, FP32_LOGIT_RTOL * scale)
