@@ -1,13 +1,16 @@
-"""`enet-serve bench runtime|load`: the raw onnxruntime limit of a graph, and the service under load."""
+"""`enet-serve bench runtime|load|architectures`: the raw onnxruntime limit of a graph, the service under
+load, and the table of every architecture's size and speed."""
 from __future__ import annotations
 
 import argparse
 
-from bench import load, onnx_runtime
+from bench import architectures, load, onnx_runtime
 
 BENCHMARKS = {
     "runtime": (onnx_runtime, "an ONNX graph in-process with onnxruntime: ms per frame at batch 1..8 (the limit)"),
     "load": (load, "the service over HTTP with concurrent clients, against the in-process limit"),
+    "architectures": (architectures, "every registered architecture exported (FP32) and timed in-process: "
+                      "parameters, GFLOPs, ms per image, reference accuracy"),
 }
 
 

@@ -54,3 +54,15 @@ def test_bench_runtime_measures_a_shipped_graph(capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] in (["1"], ["4"])]
     assert [r[0] for r in rows] == ["1", "4"]
     assert all(float(r[2]) > 0 for r in rows)  # ms per frame
+
+
+def test_bench_architectures_exports_and_times_each_one(capsys, tmp_path):
+    assert main(["bench", "architectures", "--models", "lenet5", "--batch", "1,2", "--warmup", "1", "--runs", "2",
+                 "--seconds", "0.05", "--markdown", "--json", str(tmp_path / "rows.json")]) == 0
+    out = capsys.readouterr().out
+    (row,) = json.loads((tmp_path / "rows.json").read_text())
+    assert row["arch"] == "lenet5" and row["params"] == 61_706 and row["input"] == "1x32x32"
+    assert set(row["ms_per_image"]) == {"1", "2"} and all(v > 0 for v in row["ms_per_image"].values())
+    assert "| lenet5 | 1x32x32 | 61,706 |" in out
+    with pytest.raises(SystemExit, match="unknown architecture"):
+        main(["bench", "architectures", "--models", "no-such-net"])
