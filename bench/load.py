@@ -93,6 +93,7 @@ def model_file(repository: Path, model: str) -> tuple[Path, dict]:
 def measure_limit(path: Path, frames: list[np.ndarray], batches: list[int], seconds: float) -> dict:
     import onnxruntime as ort
 
+    from bench.onnx_runtime import measure
     from service.runtime import session_options
     from service.settings import Settings, cpu_count
 
@@ -106,13 +107,7 @@ def measure_limit(path: Path, frames: list[np.ndarray], batches: list[int], seco
         rows = {}
         for b in batches:
             x = np.stack([frames[i % len(frames)] for i in range(b)])
-            sess.run(None, {name: x})
-            times = []
-            t_end = time.perf_counter() + seconds
-            while time.perf_counter() < t_end or len(times) < 2:
-                t0 = time.perf_counter()
-                sess.run(None, {name: x})
-                times.append(time.perf_counter() - t0)
+            times = measure(sess, {name: x}, warmup=1, runs=2, min_seconds=seconds)
             med = statistics.median(times)
             rows[b] = {"median_ms": med * 1e3, "p99_ms": pct(times, 99) * 1e3, "images_per_s": b / med}
             print(f"  limit [{label}] batch {b}: {med * 1e3:8.1f} ms/batch  {b / med:7.2f} img/s", flush=True)
