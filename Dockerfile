@@ -24,11 +24,17 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
       > /tmp/requirements.txt
 RUN if [ "$ORT_PACKAGE" != "onnxruntime" ]; then sed -i "s/^onnxruntime\b/$ORT_PACKAGE/" /tmp/requirements.txt; fi \
  && pip install -r /tmp/requirements.txt
-# Then the code the server runs: the console script and the service package.
+# Then the code: the one `enet_serve` package, whose sub-packages are the repository's folders
+# (pyproject's package-dir). Only the serving dependencies are installed: export, training and
+# bench are present but never imported by `enet-serve serve`.
 COPY README.md ./
 COPY enet_serve/ enet_serve/
 COPY service/ service/
-RUN pip install --no-deps . && python -c "import service.app, enet_serve.cli"
+COPY models/ models/
+COPY export/ export/
+COPY training/ training/
+COPY bench/ bench/
+RUN pip install --no-deps . && python -c "import enet_serve.service.app, enet_serve.cli"
 
 FROM ${BASE_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.onnx_runtime import input_batch, make_session, measure
+from enet_serve.bench.onnx_runtime import input_batch, make_session, measure
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,8 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def measure_architecture(arch: str, batches: list[int], threads: int, warmup: int, runs: int,
                          seconds: float) -> dict:
     """Export `arch` (FP32, random init) into a temporary directory and time it; one table row."""
-    from export import export_model
-    from models import get_spec
+    from enet_serve.export import export_model
+    from enet_serve.models import get_spec
 
     spec = get_spec(arch)
     h, w = spec.input_size
@@ -66,7 +66,7 @@ def _line(row: dict, batches: list[int]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models import list_models
+    from enet_serve.models import list_models
 
     batches = sorted({int(b) for b in args.batch.split(",") if b.strip()})
     names = [n.strip() for n in args.models.split(",")] if args.models else list_models()
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.architectures", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m enet_serve.bench.architectures", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import architectures, load, onnx_runtime
+from enet_serve.bench import architectures, load, onnx_runtime
 
 BENCHMARKS = {
     "runtime": (onnx_runtime, "an ONNX graph in-process with onnxruntime: ms per frame at batch 1..8 (the limit)"),

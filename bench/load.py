@@ -1,14 +1,14 @@
 """Load benchmark of the service against the in-process limit of the same ONNX file.
 
-    python -m bench.load                                  # ENet, CamVid val JPEGs, 1 and 16 clients
-    python -m bench.load --clients 1,4,16 --duration 30
-    python -m bench.load --url http://host:8000 --skip-limit
-    python -m bench.load --codecs                         # decoder and PNG-level measurements only
+    python -m enet_serve.bench.load                                  # ENet, CamVid val JPEGs, 1 and 16 clients
+    python -m enet_serve.bench.load --clients 1,4,16 --duration 30
+    python -m enet_serve.bench.load --url http://host:8000 --skip-limit
+    python -m enet_serve.bench.load --codecs                         # decoder and PNG-level measurements only
 
 1. The limit: the model's ONNX file in this process with the service's session options (and with
    onnxruntime's defaults; the better counts), batch sizes 1..8 on real frames: images/s per batch
    size, the best being "the limit"; plus the median decode (JPEG) and encode (mask PNG) times.
-2. The service: started with uvicorn on a free loopback port (`python -m service`, its own process;
+2. The service: started with uvicorn on a free loopback port (`python -m enet_serve.service`, its own process;
    or `--url` to target one that runs), driven by N concurrent keep-alive connections (a small
    asyncio HTTP/1.1 client, see `Connection`) that POST CamVid val JPEGs to /segment?format=png for
    a bounded time (after a warm-up period).
@@ -32,13 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "datasets" / "camvid" / "val"
+from enet_serve.paths import DEFAULT_CAMVID, DEFAULT_REPOSITORY, REPO_ROOT  # noqa: E402
+
+DEFAULT_DATA = DEFAULT_CAMVID / "val"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="benchmark a running service at this base URL instead of starting one")
-    p.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository", help="model repository")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="model repository")
     p.add_argument("--model", default="enet-camvid", help="segmentation model to drive")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="directory of CamVid val PNGs")
     p.add_argument("--images", type=int, default=32, help="distinct frames to cycle through")
@@ -93,9 +94,9 @@ def model_file(repository: Path, model: str) -> tuple[Path, dict]:
 def measure_limit(path: Path, frames: list[np.ndarray], batches: list[int], seconds: float) -> dict:
     import onnxruntime as ort
 
-    from bench.onnx_runtime import measure
-    from service.runtime import session_options
-    from service.settings import Settings, cpu_count
+    from enet_serve.bench.onnx_runtime import measure
+    from enet_serve.service.runtime import session_options
+    from enet_serve.service.settings import Settings, cpu_count
 
     variants = {}
     service_opts = session_options(Settings(), cpu_count())
@@ -124,7 +125,7 @@ def measure_codecs(jpegs: list[bytes], masks: list[np.ndarray], palette: bytes, 
     """Median decode (service path, Pillow for comparison) and mask PNG encode at several levels."""
     from PIL import Image
 
-    from service import codecs
+    from enet_serve.service import codecs
 
     def timed(fn, items):
         out = []
@@ -168,7 +169,7 @@ def start_service(args) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = free_port()
-    cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), "--repository",
+    cmd = [sys.executable, "-m", "enet_serve.service", "--host", "127.0.0.1", "--port", str(port), "--repository",
            str(args.repository), "--models", args.model, "--no-access-log", "--log-level", "warning",
            "--default-segment-model", args.model]
     if args.allow_untrained:
@@ -329,7 +330,6 @@ def server_breakdown(before: dict, after: dict) -> dict[str, float]:
 # -- report --------------------------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(REPO_ROOT))
     frames = load_frames(args.data, args.images)
     jpegs = [to_jpeg(f, args.quality) for f in frames]
     print(f"{len(jpegs)} CamVid frames {frames[0].shape[1]}x{frames[0].shape[0]}, "
@@ -345,8 +345,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"model file {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
         import onnxruntime as ort
 
-        from service.repository import ModelConfig
-        from service import codecs
+        from enet_serve.service.repository import ModelConfig
+        from enet_serve.service import codecs
 
         mconf = ModelConfig.model_validate(cfg)
         palette = codecs.palette_bytes(mconf.palette())
@@ -429,7 +429,7 @@ def _write(args, results: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m enet_serve.bench.load", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

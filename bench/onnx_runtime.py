@@ -1,6 +1,6 @@
 """Raw onnxruntime speed of one exported graph, in-process, no service around it.
 
-    python -m bench.onnx_runtime [MODEL] [--batch 1,2,4,8] [--size 360x480] [--threads 2] [--profile]
+    python -m enet_serve.bench.onnx_runtime [MODEL] [--batch 1,2,4,8] [--size 360x480] [--threads 2] [--profile]
 
 MODEL is an .onnx file or a model directory of the repository (its config.json names the files;
 `--precision` picks one). Default: model_repository/enet-camvid, or, where that is not exported
@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO_ROOT / "model_repository" / "enet-camvid"
+from enet_serve.paths import DEFAULT_REPOSITORY  # noqa: E402
+
+DEFAULT_MODEL = DEFAULT_REPOSITORY / "enet-camvid"
 
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -43,7 +44,7 @@ def resolve_model(model: Path | None, precision: str, workdir: Path) -> Path:
         if (DEFAULT_MODEL / "config.json").is_file():
             model = DEFAULT_MODEL
         else:
-            from export import export_model  # needs torch; only when nothing is exported yet
+            from enet_serve.export import export_model  # needs torch; only when nothing is exported yet
 
             print(f"{DEFAULT_MODEL} is not exported: exporting a random-init ENet into {workdir}", file=sys.stderr)
             model = export_model("enet", workdir, "enet-bench", random_init=True, precisions=(precision,), check=False)
@@ -181,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.onnx_runtime", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m enet_serve.bench.onnx_runtime", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

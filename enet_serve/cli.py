@@ -11,12 +11,12 @@ import sys
 
 # name: (module, add-arguments function, run function, help)
 COMMANDS = {
-    "serve": ("service.cli", "add_arguments", "run", "serve the model repository over HTTP"),
-    "export": ("export.cli", "add_arguments", "run", "export an architecture to ONNX FP32/FP16 into the model repository"),
-    "train": ("training.cli", "add_train_arguments", "run_train", "train a shipped model (enet-camvid, lenet5-fashion)"),
-    "eval": ("training.cli", "add_eval_arguments", "run_eval", "score PyTorch, ONNX FP32 and ONNX FP16 side by side"),
-    "models": ("models.cli", "add_arguments", "run", "list the architectures with their specs"),
-    "bench": ("bench.cli", "add_arguments", "run", "benchmarks: raw runtime, service load"),
+    "serve": ("enet_serve.service.cli", "add_arguments", "run", "serve the model repository over HTTP"),
+    "export": ("enet_serve.export.cli", "add_arguments", "run", "export an architecture to ONNX FP32/FP16 into the model repository"),
+    "train": ("enet_serve.training.cli", "add_train_arguments", "run_train", "train a shipped model (enet-camvid, lenet5-fashion)"),
+    "eval": ("enet_serve.training.cli", "add_eval_arguments", "run_eval", "score PyTorch, ONNX FP32 and ONNX FP16 side by side"),
+    "models": ("enet_serve.models.cli", "add_arguments", "run", "list the architectures with their specs"),
+    "bench": ("enet_serve.bench.cli", "add_arguments", "run", "benchmarks: raw runtime, service load"),
 }
 
 

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.errors import ExportCheckError
-from models.registry import ModelSpec
-from training.common import Normalize
-from training.datasets import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST, read_idx
+from enet_serve.export.errors import ExportCheckError
+from enet_serve.models.registry import ModelSpec
+from enet_serve.training.common import Normalize
+from enet_serve.training.datasets import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST, read_idx
 
 # The parity checks of trained weights run on the training data sets, read by training/'s readers.
 CAMVID_DIR = DEFAULT_CAMVID

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from export.repository import DEFAULT_REPOSITORY
+from enet_serve.export.repository import DEFAULT_REPOSITORY
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,8 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.errors import ExportError
-    from export.exporter import export
+    from enet_serve.export.errors import ExportError
+    from enet_serve.export.exporter import export
 
     try:
         result = export(args.arch, args.repository, args.name, weights=args.weights, random_init=args.random_init,
@@ -55,7 +55,7 @@ def parse_builder_args(items: list[str]) -> dict:
     """["transform_input=true", "dropout=0.2"] -> {"transform_input": True, "dropout": 0.2}."""
     import json
 
-    from export.errors import ExportError
+    from enet_serve.export.errors import ExportError
 
     out = {}
     for item in items:

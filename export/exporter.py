@@ -8,15 +8,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from export import checks as checks_mod
-from export.errors import ExportError
-from export.fp16 import convert_onnx_to_fp16
-from export.graph import build_graph_module
-from export.onnx_export import OPSET, export_onnx
-from export.repository import (DEFAULT_REPOSITORY, FILE_NAMES, VERSION, build_config, check_name, publish, staging,
+from enet_serve.export import checks as checks_mod
+from enet_serve.export.errors import ExportError
+from enet_serve.export.fp16 import convert_onnx_to_fp16
+from enet_serve.export.graph import build_graph_module
+from enet_serve.export.onnx_export import OPSET, export_onnx
+from enet_serve.export.repository import (DEFAULT_REPOSITORY, FILE_NAMES, VERSION, build_config, check_name, publish, staging,
                                write_config)
-from export.weights import Weights, load_into, read_weights
-from models.registry import ModelSpec, get_model, get_spec
+from enet_serve.export.weights import Weights, load_into, read_weights
+from enet_serve.models.registry import ModelSpec, get_model, get_spec
 
 PRECISIONS = ("fp32", "fp16")
 RANDOM_INIT_SEED = 0

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import ModelSpec
+from enet_serve.models.registry import ModelSpec
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ class ExportENet(nn.Module):
 
     @staticmethod
     def applies(m: nn.Module) -> bool:
-        from models import enet
+        from enet_serve.models import enet
 
         d = getattr(m, "fullconv", None)
         return (isinstance(m, enet.ENet) and isinstance(d, nn.ConvTranspose2d) and d.kernel_size == (2, 2)
@@ -269,7 +269,7 @@ def _fold_conv_bn(model: nn.Module) -> None:
 
 def _swap_rules(precision: str):
     """(predicate, replacement factory) pairs, most specific first."""
-    from models import enet
+    from enet_serve.models import enet
 
     rules = [
         (lambda m: isinstance(m, enet.InitialBlock), ExportInitialBlock),

@@ -20,13 +20,12 @@ import onnx
 import onnxruntime
 import torch
 
-from export.errors import ExportError
-from export.weights import sha256_file
-from models.labels import load_label_set
-from models.registry import ModelSpec
+from enet_serve.export.errors import ExportError
+from enet_serve.export.weights import sha256_file
+from enet_serve.models.labels import load_label_set
+from enet_serve.models.registry import ModelSpec
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_REPOSITORY = REPO_ROOT / "model_repository"
+from enet_serve.paths import DEFAULT_REPOSITORY, REPO_ROOT  # noqa: E402
 VERSION = 1
 FILE_NAMES = {"fp32": "model.fp32.onnx", "fp16": "model.fp16.onnx"}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from export.errors import WeightsError
+from enet_serve.export.errors import WeightsError
 
 # Auxiliary classifier heads of torchvision's googlenet / inception_v3 checkpoints: training-only,
 # dropped when the model is built without them.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.registry import IMAGENET_CLASSIFIER, register_model
+from enet_serve.models.registry import IMAGENET_CLASSIFIER, register_model
 
 
 class AlexNet(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from models.registry import get_spec, list_models
+from enet_serve.models.registry import get_spec, list_models
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

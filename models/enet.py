@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import register_model
+from enet_serve.models.registry import register_model
 
 # The encoder downsamples three times: sides must be multiples of 8 (others are padded).
 SIZE_MULTIPLE = 8

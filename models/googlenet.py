@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.checkpoints import load_state_dict_without_absent_heads
-from models.registry import IMAGENET_CLASSIFIER, register_model
+from enet_serve.models.checkpoints import load_state_dict_without_absent_heads
+from enet_serve.models.registry import IMAGENET_CLASSIFIER, register_model
 
 AUX_HEADS = ("aux1", "aux2")
 

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.checkpoints import load_state_dict_without_absent_heads
-from models.googlenet import BasicConv2d, imagenet_to_tf_range  # shared with GoogLeNet (Inception v1)
-from models.registry import IMAGENET_CLASSIFIER, register_model
+from enet_serve.models.checkpoints import load_state_dict_without_absent_heads
+from enet_serve.models.googlenet import BasicConv2d, imagenet_to_tf_range  # shared with GoogLeNet (Inception v1)
+from enet_serve.models.registry import IMAGENET_CLASSIFIER, register_model
 
 AUX_HEADS = ("AuxLogits",)
 

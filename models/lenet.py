@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.registry import register_model
+from enet_serve.models.registry import register_model
 
 
 class LeNet5(nn.Module):

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.registry import IMAGENET_CLASSIFIER, register_model
-from models.weight_init import kaiming_init_
+from enet_serve.models.registry import IMAGENET_CLASSIFIER, register_model
+from enet_serve.models.weight_init import kaiming_init_
 
 
 def _make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:

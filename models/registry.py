@@ -76,4 +76,4 @@ def get_model(name: str, **kwargs) -> nn.Module:
 
 def _load_families() -> None:
     # Importing the family modules runs their @register_model decorators.
-    from models import FAMILIES  # noqa: F401  (import for side effect)
+    from enet_serve.models import FAMILIES  # noqa: F401  (import for side effect)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.registry import IMAGENET_CLASSIFIER, register_model
+from enet_serve.models.registry import IMAGENET_CLASSIFIER, register_model
 
 _PAPER = ("K. He, X. Zhang, S. Ren, J. Sun, 2015. Deep Residual Learning for Image Recognition, "
           "arXiv:1512.03385")

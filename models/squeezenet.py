@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.registry import IMAGENET_CLASSIFIER, register_model
+from enet_serve.models.registry import IMAGENET_CLASSIFIER, register_model
 
 _PAPER = ("F. N. Iandola, S. Han, M. W. Moskewicz, K. Ashraf, W. J. Dally, K. Keutzer, 2016. SqueezeNet: "
           "AlexNet-level accuracy with 50x fewer parameters and <0.5MB model size, arXiv:1602.07360")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.registry import IMAGENET_CLASSIFIER, register_model
-from models.weight_init import kaiming_init_
+from enet_serve.models.registry import IMAGENET_CLASSIFIER, register_model
+from enet_serve.models.weight_init import kaiming_init_
 
 _PAPER = ("K. Simonyan, A. Zisserman, 2014. Very Deep Convolutional Networks for Large-Scale Image "
           "Recognition, arXiv:1409.1556")

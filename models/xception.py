@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.registry import IMAGENET_CLASSIFIER, register_model
-from models.weight_init import kaiming_init_
+from enet_serve.models.registry import IMAGENET_CLASSIFIER, register_model
+from enet_serve.models.weight_init import kaiming_init_
 
 
 class SeparableConv2d(nn.Module):

@@ -1,6 +1,6 @@
-"""`python -m service [flags]`: the same as `enet-serve serve [flags]`."""
+"""`python -m enet_serve.service [flags]`: the same as `enet-serve serve [flags]`."""
 import sys
 
-from service.cli import main
+from enet_serve.service.cli import main
 
 sys.exit(main())

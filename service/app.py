@@ -8,12 +8,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service._version import __version__
-from service.api import classify, health, metrics as metrics_api, models, segment, v2
-from service.errors import install_error_handlers
-from service.metrics import Metrics
-from service.server import ModelServer
-from service.settings import Settings
+from enet_serve.service._version import __version__
+from enet_serve.service.api import classify, health, metrics as metrics_api, models, segment, v2
+from enet_serve.service.errors import install_error_handlers
+from enet_serve.service.metrics import Metrics
+from enet_serve.service.server import ModelServer
+from enet_serve.service.settings import Settings
 
 log = logging.getLogger("service")
 

@@ -29,9 +29,9 @@ from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
-from service.errors import DeadlineExceeded, InferenceFailed, QueueFull, ServiceUnavailable
+from enet_serve.service.errors import DeadlineExceeded, InferenceFailed, QueueFull, ServiceUnavailable
 
-log = logging.getLogger("service.batching")
+log = logging.getLogger("enet_serve.service.batching")
 
 QUEUED, RUNNING, DROPPED = 0, 1, 2
 

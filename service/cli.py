@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.settings import Settings, env_name
+from enet_serve.service.settings import Settings, env_name
 
 
 def _flag(name: str) -> str:
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import uvicorn
 
-    from service.app import create_app
+    from enet_serve.service.app import create_app
 
     level = "DEBUG" if settings.log_level == "trace" else settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

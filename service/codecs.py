@@ -11,7 +11,7 @@ Masks are written as palette PNGs by a small writer over zlib (which also releas
 filter None and the RLE strategy, 0.36 ms and 5.5 kB per 360x480 CamVid label mask at every level
 from 1 to 9 (RLE does no match search, so the level hardly matters; level 0 stores: 0.14 ms but
 170 kB). Pillow's encoder took 0.57 ms / 7.6 kB at level 1, 1.26 ms / 5.3 kB at 6, 9.7 ms / 4.5 kB
-at 9. The default level is 1 (`png_compress_level`); `python -m bench.load --codecs` re-measures.
+at 9. The default level is 1 (`png_compress_level`); `python -m enet_serve.bench.load --codecs` re-measures.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.errors import BadImage, PayloadTooLarge
+from enet_serve.service.errors import BadImage, PayloadTooLarge
 
 try:  # optional: the fast JPEG path
     import simplejpeg

@@ -23,7 +23,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
                                generate_latest)
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 
-from service.batching import BatchObserver
+from enet_serve.service.batching import BatchObserver
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0,
                    10.0, 30.0)

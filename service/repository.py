@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.errors import ModelLoadError
+from enet_serve.service.errors import ModelLoadError
 
-log = logging.getLogger("service.repository")
+log = logging.getLogger("enet_serve.service.repository")
 
 CONFIG_NAME = "config.json"
 

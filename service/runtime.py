@@ -16,11 +16,11 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from service.errors import ModelLoadError
-from service.repository import ModelEntry
-from service.settings import Settings
+from enet_serve.service.errors import ModelLoadError
+from enet_serve.service.repository import ModelEntry
+from enet_serve.service.settings import Settings
 
-log = logging.getLogger("service.runtime")
+log = logging.getLogger("enet_serve.service.runtime")
 
 TRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"

@@ -16,13 +16,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from service import codecs
-from service.batching import Batcher
-from service.errors import InvalidParameter, ModelLoadError, ModelNotFound, NotReady
-from service.metrics import Metrics
-from service.repository import ModelConfig, ModelEntry, ModelRepository
-from service.runtime import ModelRuntime, pick_batch_size, tuning_candidates
-from service.settings import Settings
+from enet_serve.service import codecs
+from enet_serve.service.batching import Batcher
+from enet_serve.service.errors import InvalidParameter, ModelLoadError, ModelNotFound, NotReady
+from enet_serve.service.metrics import Metrics
+from enet_serve.service.repository import ModelConfig, ModelEntry, ModelRepository
+from enet_serve.service.runtime import ModelRuntime, pick_batch_size, tuning_candidates
+from enet_serve.service.settings import Settings
 
 log = logging.getLogger("service")
 

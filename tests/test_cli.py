@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from enet_serve.cli import main
-from models import list_models
+from enet_serve.models import list_models
 
 ARCHITECTURES = ["enet", "lenet5", "alexnet", "vgg16", "nin", "googlenet", "inception_v3", "resnet18", "resnet34",
                  "resnet50", "resnet101", "resnet152", "squeezenet1_0", "squeezenet1_1", "mobilenet_v1",
@@ -46,9 +46,9 @@ def test_serving_never_imports_torch_or_the_training_packages():
 
 
 def test_bench_runtime_measures_a_shipped_graph(capsys):
-    from training.evaluate import REPO_ROOT
+    from enet_serve.paths import DEFAULT_REPOSITORY
 
-    model = REPO_ROOT / "model_repository" / "lenet5-fashion"
+    model = DEFAULT_REPOSITORY / "lenet5-fashion"
     assert main(["bench", "runtime", str(model), "--batch", "1,4", "--warmup", "1", "--runs", "3",
                  "--seconds", "0.05"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] in (["1"], ["4"])]

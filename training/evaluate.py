@@ -12,12 +12,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from models import get_model, get_spec
-from models.labels import load_labels
-from training.classification import evaluate_classification, to_native_size
-from training.common import Normalize, pick_device, torch_predictor
-from training.datasets import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST, REPO_ROOT, CamVid, FashionMNIST
-from training.segmentation import evaluate_segmentation
+from enet_serve.models import get_model, get_spec
+from enet_serve.models.labels import load_labels
+from enet_serve.training.classification import evaluate_classification, to_native_size
+from enet_serve.training.common import Normalize, pick_device, torch_predictor
+from enet_serve.paths import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST, DEFAULT_REPOSITORY, WEIGHTS_DIR
+from enet_serve.training.datasets import CamVid, FashionMNIST
+from enet_serve.training.segmentation import evaluate_segmentation
 
 
 
@@ -45,12 +46,12 @@ def load_trained(name: str, weights: Path) -> tuple[torch.nn.Module, str]:
 def evaluate(name: str, data: Path | None = None, repository: Path | None = None, weights: Path | None = None,
              split: str | None = None, limit: int | None = None) -> dict:
     """{"model", "task", "split", "results": {"pytorch": {...}, "onnx-fp32": {...}, "onnx-fp16": {...}}}."""
-    repository = repository or REPO_ROOT / "model_repository"
+    repository = repository or DEFAULT_REPOSITORY
     config_path = repository / name / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{name}: no {config_path} (export the model first)")
     config = json.loads(config_path.read_text())
-    weights = weights or REPO_ROOT / "models" / "weights" / f"{name}.pth"
+    weights = weights or WEIGHTS_DIR / f"{name}.pth"
     model, arch = load_trained(name, weights)
     spec = get_spec(arch)
     dev = pick_device("cpu")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from training.checkpoint import load_checkpoint, save_atomic
-from training.common import restore_rng, rng_state
+from enet_serve.training.checkpoint import load_checkpoint, save_atomic
+from enet_serve.training.common import restore_rng, rng_state
 
 
 class TrainingRun:

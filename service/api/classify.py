@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from service.api.deps import get_server, read_image, require_api_key
-from service.schemas import ERROR_RESPONSES, IMAGE_REQUEST_BODY, ClassifyResponse
+from enet_serve.service.api.deps import get_server, read_image, require_api_key
+from enet_serve.service.schemas import ERROR_RESPONSES, IMAGE_REQUEST_BODY, ClassifyResponse
 
 router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
 

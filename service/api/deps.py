@@ -8,9 +8,9 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from service.errors import BadRequest, InvalidParameter, PayloadTooLarge, Unauthorized, UnsupportedMediaType
-from service.server import ModelServer
-from service.settings import Settings
+from enet_serve.service.errors import BadRequest, InvalidParameter, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from enet_serve.service.server import ModelServer
+from enet_serve.service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY (when API keys are configured)")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: KEY (when API keys are configured)")

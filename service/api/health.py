@@ -4,9 +4,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.api.deps import get_server
-from service.errors import error_body
-from service.schemas import ERROR_RESPONSES, Health
+from enet_serve.service.api.deps import get_server
+from enet_serve.service.errors import error_body
+from enet_serve.service.schemas import ERROR_RESPONSES, Health
 
 router = APIRouter(tags=["health"])
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Path, Request
 
-from service.api.deps import get_server, require_api_key
-from service.schemas import ERROR_RESPONSES, ModelInfo, ModelList
+from enet_serve.service.api.deps import get_server, require_api_key
+from enet_serve.service.schemas import ERROR_RESPONSES, ModelInfo, ModelList
 
 router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
 

@@ -6,8 +6,8 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from service.api.deps import get_server, read_image, require_api_key
-from service.schemas import ERROR_RESPONSES, IMAGE_REQUEST_BODY, SegmentResponse
+from enet_serve.service.api.deps import get_server, read_image, require_api_key
+from enet_serve.service.schemas import ERROR_RESPONSES, IMAGE_REQUEST_BODY, SegmentResponse
 
 router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
 

@@ -16,12 +16,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from service._version import __version__
-from service.api.deps import get_server, read_body, require_api_key
-from service.errors import BadRequest, ModelNotFound, NotReady
-from service.schemas import (ERROR_RESPONSES, V2InferRequest, V2InferResponse, V2ModelMetadata,
+from enet_serve.service._version import __version__
+from enet_serve.service.api.deps import get_server, read_body, require_api_key
+from enet_serve.service.errors import BadRequest, ModelNotFound, NotReady
+from enet_serve.service.schemas import (ERROR_RESPONSES, V2InferRequest, V2InferResponse, V2ModelMetadata,
                              V2ServerMetadata)
-from service.server import LoadedModel, ModelServer
+from enet_serve.service.server import LoadedModel, ModelServer
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 secured = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], dependencies=[Depends(require_api_key)])

@@ -14,12 +14,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import models
-from export import ExportCheckError, ExportError, WeightsError, export_model
-from export.checks import DENY_OPS, normalise
-from export.exporter import export
-from export.graph import ExportPReLU, build_graph_module, first_max_mask_2x2, swap_for_export, unpool_2x
-from export.weights import sha256_file
+from enet_serve import models
+from enet_serve.export import ExportCheckError, ExportError, WeightsError, export_model
+from enet_serve.export.checks import DENY_OPS, normalise
+from enet_serve.export.exporter import export
+from enet_serve.export.graph import ExportPReLU, build_graph_module, first_max_mask_2x2, swap_for_export, unpool_2x
+from enet_serve.export.weights import sha256_file
 
 CONFIG_KEYS = {"name", "architecture", "task", "version", "input", "outputs", "normalization", "labels", "files",
                "parameters", "gflops", "reference", "paper", "weights", "opset", "exporter"}
@@ -271,7 +271,7 @@ def test_torchvision_aux_heads_are_dropped(tmp_path):
     """googlenet/inception_v3 files from torchvision carry aux-head weights the export model lacks."""
     if "googlenet" not in models.list_models():
         pytest.skip("googlenet is not registered")
-    from export.weights import load_into, read_weights
+    from enet_serve.export.weights import load_into, read_weights
 
     model = models.get_model("googlenet", init_weights=False)
     state = dict(model.state_dict())
@@ -317,8 +317,8 @@ def test_cli_error_is_one_line(tmp_path, capsys):
 
 def test_builder_arguments_reach_the_builder_and_the_config(tmp_path, capsys):
     from enet_serve.cli import main
-    from export.cli import parse_builder_args
-    from export.exporter import build_model
+    from enet_serve.export.cli import parse_builder_args
+    from enet_serve.export.exporter import build_model
 
     assert parse_builder_args(["transform_input=true", "dropout=0.2", "mode=fast"]) == {
         "transform_input": True, "dropout": 0.2, "mode": "fast"}
@@ -334,7 +334,7 @@ def test_builder_arguments_reach_the_builder_and_the_config(tmp_path, capsys):
 
 
 def test_failed_check_raises_and_writes_nothing(tmp_path, monkeypatch):
-    import export.graph as graph
+    import enet_serve.export.graph as graph
 
     # An older export of the same name must survive a failed re-export untouched.
     old = export_model("lenet5", tmp_path, random_init=True, precisions=("fp32",), check=False)

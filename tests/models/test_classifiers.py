@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import get_model, get_spec, list_models
-from models.labels import load_labels
+from enet_serve.models import get_model, get_spec, list_models
+from enet_serve.models.labels import load_labels
 
 
 

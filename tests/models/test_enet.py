@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import get_model, get_spec
-from models.enet import ConvBNAct, ENet, max_unpool2x
+from enet_serve.models import get_model, get_spec
+from enet_serve.models.enet import ConvBNAct, ENet, max_unpool2x
 
 
 @pytest.fixture(scope="module")

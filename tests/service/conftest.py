@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.app import create_app
-from service.settings import Settings
+from enet_serve.service.app import create_app
+from enet_serve.service.settings import Settings
 from svc_helpers import CAMVID, FASHION, tiny_repository
 
 
@@ -79,7 +79,7 @@ async def serve(tiny_repo):
 @pytest.fixture(scope="session")
 def real_repo(tmp_path_factory) -> Path:
     """enet (as enet-camvid) and lenet5 (as lenet5-fashion), random-init, exported by export.export_model."""
-    from export import export_model  # the test extras install the exporter
+    from enet_serve.export import export_model  # the test extras install the exporter
 
     repo = tmp_path_factory.mktemp("real_repo")
     export_model("enet", repo, "enet-camvid", random_init=True, precisions=("fp32",), check=False)

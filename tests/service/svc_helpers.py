@@ -18,8 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CAMVID = REPO_ROOT.parent / "shared" / "datasets" / "camvid"
+from enet_serve.paths import DEFAULT_CAMVID as CAMVID, REPO_ROOT  # noqa: E402
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 CAMVID_LABELS = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from service import runtime
+from enet_serve.service import runtime
 from svc_helpers import random_rgb, to_jpeg, to_png
 
 SEG_SIZE = (120, 160)  # the tiny segmentation model's native size
@@ -209,7 +209,7 @@ async def test_metrics_names(serve):
     assert 'enet_serve_requests_total{model="",route="/segment",status="404"} 1.0' in text
     assert 'enet_serve_model_ready{model="enet-camvid"} 1.0' in text
     # a lone request runs on the solo instance (every core) when the CPU has room for two instances
-    from service.settings import cpu_count
+    from enet_serve.service.settings import cpu_count
 
     instance = "solo" if cpu_count() >= 2 else "0"
     batches = [line for line in text.splitlines() if line.startswith("enet_serve_batches_total{")]

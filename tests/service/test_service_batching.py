@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import Batcher, BatchObserver
-from service.errors import DeadlineExceeded, InferenceFailed, QueueFull
+from enet_serve.service.batching import Batcher, BatchObserver
+from enet_serve.service.errors import DeadlineExceeded, InferenceFailed, QueueFull
 
 
 class Recorder(BatchObserver):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from service import codecs
-from service.errors import BadImage, PayloadTooLarge
+from enet_serve.service import codecs
+from enet_serve.service.errors import BadImage, PayloadTooLarge
 from svc_helpers import random_rgb, to_jpeg, to_png
 
 

@@ -92,7 +92,7 @@ async def test_64_concurrent_classify_no_cross_talk(real, real_repo, fashion_dir
     """64 concurrent requests with distinct images: each gets exactly what its image gets alone."""
     import json
 
-    from service.codecs import resize_image
+    from enet_serve.service.codecs import resize_image
 
     cfg = json.loads((real_repo / "lenet5-fashion" / "config.json").read_text())
     h, w = cfg["input"]["height"], cfg["input"]["width"]
@@ -131,7 +131,7 @@ def _free_port() -> int:
 
 
 async def _bench_client_posts(base: str, data: bytes, headers: dict, n: int) -> list[tuple[int, bytes]]:
-    from bench.load import Connection
+    from enet_serve.bench.load import Connection
 
     conn = Connection(base, headers)
     request = conn.request("/segment?format=png", data, "image/jpeg")
@@ -145,7 +145,7 @@ def test_uvicorn_process(real_repo, tmp_path):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENET_SERVE_")}
     env["ENET_SERVE_API_KEYS"] = "k1"  # an env setting, next to flags
-    cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), "--repository",
+    cmd = [sys.executable, "-m", "enet_serve.service", "--host", "127.0.0.1", "--port", str(port), "--repository",
            str(real_repo), "--allow-untrained", "--max-batch-size", "2", "--log-level", "info", "--no-access-log"]
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -199,7 +199,7 @@ def test_process_refuses_untrained_model(tiny_repo, tmp_path):
     repo = tmp_path / "repo"
     edit_config(copy_model(tiny_repo, "lenet5-fashion", repo), weights__trained=False)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENET_SERVE_")}
-    r = subprocess.run([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(_free_port()),
+    r = subprocess.run([sys.executable, "-m", "enet_serve.service", "--host", "127.0.0.1", "--port", str(_free_port()),
                         "--repository", str(repo)], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode != 0

@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from service.errors import ModelLoadError
-from service.metrics import Metrics
-from service.repository import ModelRepository
-from service.runtime import ModelRuntime, make_plan
-from service.server import ModelServer
-from service.settings import Settings
+from enet_serve.service.errors import ModelLoadError
+from enet_serve.service.metrics import Metrics
+from enet_serve.service.repository import ModelRepository
+from enet_serve.service.runtime import ModelRuntime, make_plan
+from enet_serve.service.server import ModelServer
+from enet_serve.service.settings import Settings
 from svc_helpers import copy_model, edit_config
 
 

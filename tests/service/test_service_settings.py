@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service import cli
-from service.settings import Settings
+from enet_serve.service import cli
+from enet_serve.service.settings import Settings
 
 
 def test_defaults():
@@ -20,7 +20,7 @@ def test_defaults():
 
 
 def test_instances_auto_split_the_cores(monkeypatch):
-    from service import settings as settings_module
+    from enet_serve.service import settings as settings_module
 
     monkeypatch.setattr(settings_module, "cpu_count", lambda: 8)
     s = Settings()
@@ -33,7 +33,7 @@ def test_instances_auto_split_the_cores(monkeypatch):
 
 
 def test_cpu_count_honours_a_cgroup_quota(monkeypatch, tmp_path):
-    from service import settings as settings_module
+    from enet_serve.service import settings as settings_module
 
     monkeypatch.setattr(settings_module.os, "sched_getaffinity", lambda pid: set(range(16)))
     monkeypatch.setattr(settings_module, "CGROUP_ROOT", tmp_path)
@@ -132,7 +132,7 @@ def test_service_never_imports_torch():
 
 
 def test_spinning_setting_reaches_the_session_options(monkeypatch):
-    from service.runtime import session_options
+    from enet_serve.service.runtime import session_options
 
     assert session_options(Settings(), 1).get_session_config_entry("session.intra_op.allow_spinning") == "1"
     monkeypatch.setenv("ENET_SERVE_INTRA_OP_SPINNING", "false")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.augment import SegmentationAugment
-from training.datasets import (CAMVID_VOID, DEFAULT_CAMVID, DEFAULT_FASHION_MNIST, CamVid, DatasetError,
+from enet_serve.training.augment import SegmentationAugment
+from enet_serve.training.datasets import (CAMVID_VOID, DEFAULT_CAMVID, DEFAULT_FASHION_MNIST, CamVid, DatasetError,
                                FashionMNIST, enet_class_weights, read_idx)
 
 needs_camvid = pytest.mark.skipif(not (DEFAULT_CAMVID / "train.txt").is_file(), reason="no ../shared/datasets/camvid")

@@ -4,10 +4,7 @@ import json
 import pytest
 
 from enet_serve.cli import main
-from training.datasets import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST
-from training.evaluate import REPO_ROOT
-
-SHIPPED = REPO_ROOT / "model_repository"
+from enet_serve.paths import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST, DEFAULT_REPOSITORY as SHIPPED
 
 
 def _recorded(name: str) -> dict:

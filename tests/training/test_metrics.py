@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.metrics import ConfusionMatrix, top1_accuracy
+from enet_serve.training.metrics import ConfusionMatrix, top1_accuracy
 
 
 def test_iou_on_a_hand_made_matrix():

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from enet_serve.cli import main
-from export.weights import read_weights
-from training.checkpoint import load_checkpoint
-from training.classification import ClassificationRecipe, augment, train_classification
-from training.datasets import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST
-from training.segmentation import SegmentationRecipe, train_segmentation
+from enet_serve.export.weights import read_weights
+from enet_serve.training.checkpoint import load_checkpoint
+from enet_serve.training.classification import ClassificationRecipe, augment, train_classification
+from enet_serve.training.datasets import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST
+from enet_serve.training.segmentation import SegmentationRecipe, train_segmentation
 
 needs_camvid = pytest.mark.skipif(not (DEFAULT_CAMVID / "train.txt").is_file(), reason="no ../shared/datasets/camvid")
 needs_fashion = pytest.mark.skipif(not DEFAULT_FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed")
@@ -47,7 +47,7 @@ def test_enet_steps_lower_the_loss_and_resume(tmp_path):
     finetune = load_checkpoint(tmp_path / "finetune" / "last.pt")["history"]
     assert finetune[0]["loss"] < history[0]["loss"]
     # ... and its shipped weights say what they started from, with that file's own training record
-    from training.checkpoint import ship_weights
+    from enet_serve.training.checkpoint import ship_weights
 
     record = ship_weights(tmp_path / "finetune", tmp_path / "ft.pth")["training"]["initialised_from"]
     assert record["file"] == str(tmp_path / "enet.pth") and record["training"]["epochs"] == 7
