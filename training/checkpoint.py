@@ -21,10 +21,13 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def ship_weights(run_dir: Path, weights_out: Path, pick: str = "best") -> dict:
+def ship_weights(run_dir: Path, weights_out: Path, pick: str = "best", held_out_runs: list[Path] = ()) -> dict:
     """Write models/weights/<name>.pth from a run: the state_dict of its best (or last) epoch, its scores
     and how it was trained (commands, recipe, epochs, wall time, hardware, and for a fine-tuning run
-    the record of the weights it started from); no optimizer state."""
+    the record of the weights it started from); no optimizer state.
+
+    `held_out_runs`: runs of the recipe with a whole drive held out (`--hold-out-drive`); their
+    held-out scores are recorded as the estimate of how the shipped model does on unseen streets."""
     last = load_checkpoint(run_dir / "last.pt")
     chosen = last if pick == "last" else load_checkpoint(run_dir / "best.pt")
     training = {"commands": last.get("commands", []), "recipe": last["recipe"], "epochs": len(last["history"]),
@@ -33,7 +36,20 @@ def ship_weights(run_dir: Path, weights_out: Path, pick: str = "best") -> dict:
     if last.get("init_from"):
         # a fine-tuning run: where it started, and how those weights were trained
         training["initialised_from"] = last["init_from"]
+    if held_out_runs:
+        training["held_out_estimates"] = [held_out_estimate(run) for run in held_out_runs]
     shipped = {"arch": chosen["arch"], "num_classes": chosen["num_classes"], "model": chosen["model"],
                "metrics": chosen["metrics"], "training": training}
     save_atomic(shipped, weights_out)
     return shipped
+
+
+def held_out_estimate(run_dir: Path) -> dict:
+    """The held-out-drive score of a run: its best epoch on the drive it never trained on."""
+    last = load_checkpoint(run_dir / "last.pt")
+    drive = last["recipe"].get("hold_out_drive")
+    if not drive:
+        raise ValueError(f"{run_dir}: not a held-out-drive run (its recipe has no hold_out_drive)")
+    best = load_checkpoint(run_dir / "best.pt")
+    return {"drive": drive, "run": run_dir.name, "epoch": best["epoch"] + 1, "epochs": len(last["history"]),
+            "recipe": last["recipe"], "held_out": best["metrics"]["held_out"], "val": best["metrics"].get("val")}

@@ -34,6 +34,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.add_argument("--ship-only", action="store_true",
                    help="train nothing: write --weights-out from RUN_DIR's checkpoints (e.g. to ship an unfinished run)")
+    p.add_argument("--held-out-run", type=Path, action="append", default=[], metavar="RUN_DIR",
+                   help="with --ship-only: record this held-out-drive run's score as the estimate on unseen streets")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (for logs)")
 
 
@@ -53,7 +55,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.ship_only:
         from enet_serve.training.checkpoint import ship_weights
 
-        shipped = ship_weights(run_dir, weights_out, pick="best" if args.recipe == "enet-camvid" else "last")
+        # the best epoch where the run picked one on data it did not train on, else its last
+        pick = "best" if args.recipe == "enet-camvid" and (run_dir / "best.pt").is_file() else "last"
+        shipped = ship_weights(run_dir, weights_out, pick=pick, held_out_runs=args.held_out_run)
         print(f"{args.recipe}: epoch {shipped['training']['epoch_shipped']} of {shipped['training']['epochs']} "
               f"shipped to {weights_out}: {shipped['metrics']}")
         return 0

