@@ -116,18 +116,21 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repository", type=Path, help="model repository (default: model_repository/)")
     p.add_argument("--weights", type=Path, help="PyTorch weights (default: models/weights/NAME.pth)")
     p.add_argument("--limit", type=int, help="score only the first N images")
+    p.add_argument("--drive", action="append", help="CamVid: score only this drive's frames (e.g. --split train+val "
+                   "--drive 0006R0 for a model trained with --hold-out-drive 0006R0)")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
 
 
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
+    from enet_serve.training.datasets import DatasetError
     from enet_serve.training.evaluate import evaluate, format_report
 
     try:
         report = evaluate(args.name, data=args.data, repository=args.repository, weights=args.weights,
-                          split=args.split, limit=args.limit)
-    except (FileNotFoundError, KeyError) as e:
+                          split=args.split, limit=args.limit, drives=tuple(args.drive) if args.drive else None)
+    except (FileNotFoundError, KeyError, DatasetError) as e:
         print(f"enet-serve eval: {e}")
         return 2
     print(format_report(report))

@@ -44,7 +44,7 @@ def load_trained(name: str, weights: Path) -> tuple[torch.nn.Module, str]:
 
 
 def evaluate(name: str, data: Path | None = None, repository: Path | None = None, weights: Path | None = None,
-             split: str | None = None, limit: int | None = None) -> dict:
+             split: str | None = None, limit: int | None = None, drives: tuple[str, ...] | None = None) -> dict:
     """{"model", "task", "split", "results": {"pytorch": {...}, "onnx-fp32": {...}, "onnx-fp16": {...}}}."""
     repository = repository or DEFAULT_REPOSITORY
     config_path = repository / name / "config.json"
@@ -63,7 +63,9 @@ def evaluate(name: str, data: Path | None = None, repository: Path | None = None
     results = {}
     if config["task"] == "segment":
         split = split or "val"
-        dataset = CamVid(data or DEFAULT_CAMVID, split, limit=limit)
+        dataset = CamVid(data or DEFAULT_CAMVID, split, limit=limit, drives=drives)
+        if drives:
+            split = f"{split}, drive {'+'.join(drives)}"
         labels = load_labels(spec.labels)
         for key, predict in predictors.items():
             results[key] = evaluate_segmentation(predict, dataset).summary(labels)
