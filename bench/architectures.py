@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from enet_serve.bench.onnx_runtime import input_batch, make_session, measure
+from enet_serve.model_config import load_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,7 +46,7 @@ def measure_architecture(arch: str, batches: list[int], threads: int, warmup: in
         t0 = time.perf_counter()
         model_dir = export_model(arch, Path(tmp), arch, random_init=True, precisions=("fp32",), check=False)
         export_s = time.perf_counter() - t0
-        path = model_dir / json.loads((model_dir / "config.json").read_text())["files"]["fp32"]["path"]
+        path = model_dir / load_config(model_dir).files["fp32"].path
         session = make_session(path, threads, "all")
         ms_per_image = {}
         for b in batches:

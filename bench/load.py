@@ -32,7 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from enet_serve.paths import DEFAULT_CAMVID, DEFAULT_REPOSITORY, REPO_ROOT  # noqa: E402
+from enet_serve.bench.onnx_runtime import measure, percentile
+from enet_serve.model_config import ModelConfig, ModelConfigError, load_config
+from enet_serve.paths import DEFAULT_CAMVID, DEFAULT_REPOSITORY, REPO_ROOT
 
 DEFAULT_DATA = DEFAULT_CAMVID / "val"
 
@@ -77,24 +79,20 @@ def to_jpeg(frame: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return float(np.percentile(np.asarray(values), q))
-
-
 # -- in-process limit -------------------------------------------------------------------------------------
 
-def model_file(repository: Path, model: str) -> tuple[Path, dict]:
-    cfg = json.loads((repository / model / "config.json").read_text())
-    spec = cfg["files"].get("fp32") or next(iter(cfg["files"].values()))
-    return repository / model / spec["path"], cfg
+def model_file(repository: Path, model: str) -> tuple[Path, ModelConfig]:
+    try:
+        cfg = load_config(repository / model)
+    except ModelConfigError as e:
+        raise SystemExit(str(e)) from None
+    spec = cfg.files.get("fp32") or next(iter(cfg.files.values()))
+    return repository / model / spec.path, cfg
 
 
 def measure_limit(path: Path, frames: list[np.ndarray], batches: list[int], seconds: float) -> dict:
     import onnxruntime as ort
 
-    from enet_serve.bench.onnx_runtime import measure
     from enet_serve.service.runtime import session_options
     from enet_serve.service.settings import Settings, cpu_count
 
@@ -110,7 +108,7 @@ def measure_limit(path: Path, frames: list[np.ndarray], batches: list[int], seco
             x = np.stack([frames[i % len(frames)] for i in range(b)])
             times = measure(sess, {name: x}, warmup=1, runs=2, min_seconds=seconds)
             med = statistics.median(times)
-            rows[b] = {"median_ms": med * 1e3, "p99_ms": pct(times, 99) * 1e3, "images_per_s": b / med}
+            rows[b] = {"median_ms": med * 1e3, "p99_ms": percentile(times, 99) * 1e3, "images_per_s": b / med}
             print(f"  limit [{label}] batch {b}: {med * 1e3:8.1f} ms/batch  {b / med:7.2f} img/s", flush=True)
         variants[label] = rows
         del sess
@@ -284,7 +282,7 @@ async def drive(url: str, bodies: list[bytes], clients: int, duration: float, wa
     stop = True
     await asyncio.gather(*tasks)
     return {"clients": clients, "requests": done_in_window, "images_per_s": done_in_window / elapsed,
-            "median_ms": pct(latencies, 50) * 1e3, "p99_ms": pct(latencies, 99) * 1e3, "errors": errors}
+            "median_ms": percentile(latencies, 50) * 1e3, "p99_ms": percentile(latencies, 99) * 1e3, "errors": errors}
 
 
 SERVER_SERIES = {  # metric -> short name, for the server-side breakdown of each phase
@@ -345,11 +343,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"model file {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
         import onnxruntime as ort
 
-        from enet_serve.service.repository import ModelConfig
         from enet_serve.service import codecs
 
-        mconf = ModelConfig.model_validate(cfg)
-        palette = codecs.palette_bytes(mconf.palette())
+        palette = codecs.palette_bytes(cfg.palette())
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         masks = [sess.run(None, {sess.get_inputs()[0].name: f[None]})[0][0] for f in frames[:8]]
         del sess

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from enet_serve.paths import DEFAULT_REPOSITORY  # noqa: E402
+from enet_serve.model_config import CONFIG_NAME, ModelConfigError, load_config
+from enet_serve.paths import DEFAULT_REPOSITORY
 
 DEFAULT_MODEL = DEFAULT_REPOSITORY / "enet-camvid"
 
@@ -41,7 +42,7 @@ OPT_LEVELS = {
 def resolve_model(model: Path | None, precision: str, workdir: Path) -> Path:
     """The .onnx file to measure: a file as given, a repository directory's file of `precision`, or a fresh export."""
     if model is None:
-        if (DEFAULT_MODEL / "config.json").is_file():
+        if (DEFAULT_MODEL / CONFIG_NAME).is_file():
             model = DEFAULT_MODEL
         else:
             from enet_serve.export import export_model  # needs torch; only when nothing is exported yet
@@ -50,11 +51,13 @@ def resolve_model(model: Path | None, precision: str, workdir: Path) -> Path:
             model = export_model("enet", workdir, "enet-bench", random_init=True, precisions=(precision,), check=False)
     model = Path(model)
     if model.is_dir():
-        config = json.loads((model / "config.json").read_text())
-        files = config["files"]
+        try:
+            files = load_config(model).files
+        except ModelConfigError as e:
+            raise SystemExit(str(e)) from None
         if precision not in files:
             raise SystemExit(f"{model}: no {precision} file (has {', '.join(files)})")
-        return model / files[precision]["path"]
+        return model / files[precision].path
     if not model.is_file():
         raise SystemExit(f"no model file or directory at {model}")
     return model
@@ -106,6 +109,9 @@ def measure(session: ort.InferenceSession, feed: dict, warmup: int, runs: int, m
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) of `values`; NaN when there are none."""
+    if not values:
+        return float("nan")
     return float(np.percentile(np.asarray(values), q))
 
 

@@ -1,5 +1,5 @@
-"""The model repository side of an export: config.json (model_repository/README.md) and moving a
-finished model directory into place.
+"""The model repository side of an export: config.json, built and written through the one schema
+(enet_serve.model_config), and moving a finished model directory into place.
 
 A model is assembled in a hidden temporary directory inside the repository (same filesystem) and
 renamed to `<repository>/<name>` only when every file is written and every check passed; a
@@ -21,13 +21,13 @@ import onnxruntime
 import torch
 
 from enet_serve.export.errors import ExportError
-from enet_serve.export.weights import sha256_file
+from enet_serve.model_config import (FILE_KEYS, VERSION, ModelConfig, ModelConfigError, fallback_color, file_name,
+                                     file_path, parse_config, sha256_file, task_outputs)
 from enet_serve.models.labels import load_label_set
 from enet_serve.models.registry import ModelSpec
+from enet_serve.paths import DEFAULT_REPOSITORY, REPO_ROOT
 
-from enet_serve.paths import DEFAULT_REPOSITORY, REPO_ROOT  # noqa: E402
-VERSION = 1
-FILE_NAMES = {"fp32": "model.fp32.onnx", "fp16": "model.fp16.onnx"}
+FILE_NAMES = {key: file_name(key) for key in FILE_KEYS}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -35,21 +35,6 @@ def check_name(name: str) -> str:
     if not NAME_PATTERN.match(name):
         raise ExportError(f"model name {name!r}: use letters, digits, '.', '_' and '-' (not starting with '.' or '-')")
     return name
-
-
-def _palette(n: int) -> list[list[int]]:
-    """Distinct colours for label sets without their own (deterministic, PASCAL-VOC style bit spreading)."""
-    colors = []
-    for i in range(n):
-        r = g = b = 0
-        c = i + 1
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        colors.append([r, g, b])
-    return colors
 
 
 def label_fields(spec: ModelSpec, num_classes: int) -> dict:
@@ -64,7 +49,8 @@ def label_fields(spec: ModelSpec, num_classes: int) -> dict:
         fields["labels"] = [f"class_{i}" for i in range(num_classes)]
         colors = None
     if spec.task == "segment":
-        fields["colors"] = [list(c) for c in colors] if colors and len(colors) == num_classes else _palette(num_classes)
+        fields["colors"] = [list(c) for c in colors] if colors and len(colors) == num_classes \
+            else [list(fallback_color(i)) for i in range(num_classes)]
         void = label_set.get("void")
         if void is not None and len(labels) == num_classes:
             fields["void"] = {"index": void["index"], "name": void["name"], "color": list(void["color"])}
@@ -78,15 +64,17 @@ def _source(path: Path) -> str:
     return str(path)
 
 
+def graph_outputs(path: Path) -> list[str]:
+    """The output names of an exported ONNX file, in graph order."""
+    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+
+
 def build_config(*, name: str, arch: str, spec: ModelSpec, num_classes: int, model_dir: Path,
                  precisions: list[str], parameters: int, gflops: float, weights, opset: int) -> dict:
-    """config.json for the model assembled in `model_dir` (files already written there)."""
+    """config.json for the model assembled in `model_dir` (files already written there), validated
+    by the schema; its outputs are the task table's entries for the outputs the graph has."""
     h, w = spec.input_size
-    if spec.task == "segment":
-        outputs = [{"name": "mask", "dtype": "uint8", "shape": ["N", "H", "W"]}]
-    else:
-        outputs = [{"name": "probabilities", "dtype": "float32", "shape": ["N", num_classes]}]
-    config: dict = {
+    fields: dict = {
         "name": name,
         "architecture": arch,
         "task": spec.task,
@@ -94,7 +82,8 @@ def build_config(*, name: str, arch: str, spec: ModelSpec, num_classes: int, mod
         "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "channels": spec.input_channels,
                   "height": h, "width": w, "dynamic_size": spec.task == "segment",
                   "size_multiple": int(spec.size_multiple)},
-        "outputs": outputs,
+        "outputs": [o.model_dump() for o in task_outputs(
+            spec.task, graph_outputs(model_dir / file_path(precisions[0])), num_classes)],
         "normalization": {"mean": [float(m) for m in spec.mean], "std": [float(s) for s in spec.std]},
         **label_fields(spec, num_classes),
         "files": {},
@@ -106,22 +95,30 @@ def build_config(*, name: str, arch: str, spec: ModelSpec, num_classes: int, mod
                     if weights is not None else {"source": None, "sha256": None, "trained": False}),
     }
     for precision in precisions:
-        rel = f"{VERSION}/{FILE_NAMES[precision]}"
+        rel = file_path(precision)
         path = model_dir / rel
-        config["files"][precision] = {"path": rel, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+        fields["files"][precision] = {"path": rel, "sha256": sha256_file(path), "bytes": path.stat().st_size}
     if weights is not None and weights.metrics is not None:
-        config["metrics"] = weights.metrics
+        fields["metrics"] = weights.metrics
     if weights is not None and weights.training is not None:
-        config["training"] = weights.training
-    config["opset"] = opset
-    config["exporter"] = {"torch": torch.__version__.split("+")[0], "onnx": onnx.__version__,
+        fields["training"] = weights.training
+    fields["opset"] = opset
+    fields["exporter"] = {"torch": torch.__version__.split("+")[0], "onnx": onnx.__version__,
                           "onnxruntime": onnxruntime.__version__}
-    return config
+    return _validated(fields, model_dir).model_dump(exclude_unset=True)
+
+
+def _validated(fields: dict, model_dir: Path) -> ModelConfig:
+    try:
+        return parse_config(fields, model_dir / "config.json")
+    except ModelConfigError as e:  # a bug of the exporter, or a model spec the schema does not allow
+        raise ExportError(str(e)) from None
 
 
 def write_config(model_dir: Path, config: dict) -> Path:
+    """Validate `config` by the schema and write it as `model_dir/config.json`."""
     path = model_dir / "config.json"
-    path.write_text(json.dumps(config, indent=2, default=_json_default) + "\n")
+    path.write_text(_validated(config, model_dir).to_json(default=_json_default))
     return path
 
 

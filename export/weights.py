@@ -9,7 +9,6 @@ missing / unexpected / wrongly shaped keys.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import pickle
 import warnings
 import zipfile
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from enet_serve.export.errors import WeightsError
+from enet_serve.model_config import sha256_file
 
 # Auxiliary classifier heads of torchvision's googlenet / inception_v3 checkpoints: training-only,
 # dropped when the model is built without them.
@@ -38,14 +38,6 @@ class Weights:
     arch: str | None = None  # from a checkpoint
     metrics: dict | None = None
     training: dict | None = None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _is_state_dict(obj) -> bool:

@@ -98,7 +98,7 @@ class LoadedModel:
                 self.entry.directory.resolve()) else str(rt.path),
             "parameters": cfg.parameters,
             "gflops": cfg.gflops,
-            "reference": cfg.reference,
+            "reference": cfg.reference.model_dump(exclude_unset=True) if cfg.reference else None,
             "paper": cfg.paper,
             "trained": cfg.weights.trained,
             "metrics": cfg.metrics,

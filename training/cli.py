@@ -124,13 +124,14 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
+    from enet_serve.model_config import ModelConfigError
     from enet_serve.training.datasets import DatasetError
     from enet_serve.training.evaluate import evaluate, format_report
 
     try:
         report = evaluate(args.name, data=args.data, repository=args.repository, weights=args.weights,
                           split=args.split, limit=args.limit, drives=tuple(args.drive) if args.drive else None)
-    except (FileNotFoundError, KeyError, DatasetError) as e:
+    except (FileNotFoundError, KeyError, DatasetError, ModelConfigError) as e:
         print(f"enet-serve eval: {e}")
         return 2
     print(format_report(report))

@@ -5,13 +5,13 @@ out), so this measures what is served, not only what was trained.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
+from enet_serve.model_config import CONFIG_NAME, load_config
 from enet_serve.models import get_model, get_spec
 from enet_serve.models.labels import load_labels
 from enet_serve.training.classification import evaluate_classification, to_native_size
@@ -19,7 +19,6 @@ from enet_serve.training.common import Normalize, pick_device, torch_predictor
 from enet_serve.paths import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST, DEFAULT_REPOSITORY, WEIGHTS_DIR
 from enet_serve.training.datasets import CamVid, FashionMNIST
 from enet_serve.training.segmentation import evaluate_segmentation
-
 
 
 def onnx_predictor(path: Path, task: str):
@@ -47,21 +46,21 @@ def evaluate(name: str, data: Path | None = None, repository: Path | None = None
              split: str | None = None, limit: int | None = None, drives: tuple[str, ...] | None = None) -> dict:
     """{"model", "task", "split", "results": {"pytorch": {...}, "onnx-fp32": {...}, "onnx-fp16": {...}}}."""
     repository = repository or DEFAULT_REPOSITORY
-    config_path = repository / name / "config.json"
+    config_path = repository / name / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{name}: no {config_path} (export the model first)")
-    config = json.loads(config_path.read_text())
+    config = load_config(config_path)
     weights = weights or WEIGHTS_DIR / f"{name}.pth"
     model, arch = load_trained(name, weights)
     spec = get_spec(arch)
     dev = pick_device("cpu")
     torch_predict = torch_predictor(model, Normalize(spec), dev)
     predictors = {"pytorch": torch_predict}
-    for precision, entry in config["files"].items():
-        predictors[f"onnx-{precision}"] = onnx_predictor(repository / name / entry["path"], config["task"])
+    for precision, entry in config.files.items():
+        predictors[f"onnx-{precision}"] = onnx_predictor(repository / name / entry.path, config.task)
 
     results = {}
-    if config["task"] == "segment":
+    if config.task == "segment":
         split = split or "val"
         dataset = CamVid(data or DEFAULT_CAMVID, split, limit=limit, drives=drives)
         if drives:
@@ -76,7 +75,7 @@ def evaluate(name: str, data: Path | None = None, repository: Path | None = None
         targets = dataset.targets[:limit]
         for key, predict in predictors.items():
             results[key] = {"top1": evaluate_classification(predict, images, targets)}
-    return {"model": name, "task": config["task"], "split": split, "images": len(dataset) if limit is None else limit,
+    return {"model": name, "task": config.task, "split": split, "images": len(dataset) if limit is None else limit,
             "results": results}
 
 

@@ -19,7 +19,7 @@ from enet_serve.export import ExportCheckError, ExportError, WeightsError, expor
 from enet_serve.export.checks import DENY_OPS, normalise
 from enet_serve.export.exporter import export
 from enet_serve.export.graph import ExportPReLU, build_graph_module, first_max_mask_2x2, swap_for_export, unpool_2x
-from enet_serve.export.weights import sha256_file
+from enet_serve.model_config import sha256_file
 
 CONFIG_KEYS = {"name", "architecture", "task", "version", "input", "outputs", "normalization", "labels", "files",
                "parameters", "gflops", "reference", "paper", "weights", "opset", "exporter"}
