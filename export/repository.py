@@ -8,7 +8,6 @@ model that was there before is replaced whole. A failed export leaves nothing be
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -25,7 +24,7 @@ from enet_serve.model_config import (FILE_KEYS, VERSION, ModelConfig, ModelConfi
                                      file_path, parse_config, sha256_file, task_outputs)
 from enet_serve.models.labels import load_label_set
 from enet_serve.models.registry import ModelSpec
-from enet_serve.paths import DEFAULT_REPOSITORY, REPO_ROOT
+from enet_serve.paths import DEFAULT_REPOSITORY, REPO_ROOT  # noqa: F401  (export.cli and the exporter take it from here)
 
 FILE_NAMES = {key: file_name(key) for key in FILE_KEYS}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

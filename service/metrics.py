@@ -13,14 +13,15 @@ Names follow the Prometheus conventions (base units in the name, `_total` on cou
 - enet_serve_model_ready{model}                       (gauge, 1 when loaded and warmed)
 - enet_serve_deadline_exceeded_total{model}
 - enet_serve_model_info{model, provider, precision, task} (gauge, always 1)
-plus the process_* and python_* collectors.
+plus the process_* and python_* collectors. No `_created` series: prometheus-client would add one
+(the creation timestamp) to every counter and histogram child, which no dashboard reads.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
-                               generate_latest)
+                               disable_created_metrics, generate_latest)
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 
 from enet_serve.service.batching import BatchObserver
@@ -28,6 +29,8 @@ from enet_serve.service.batching import BatchObserver
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0,
                    10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+
+disable_created_metrics()  # process-wide in prometheus-client; the service owns its process
 
 
 class Metrics:

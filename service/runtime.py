@@ -27,6 +27,7 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 GPU_PROVIDERS = (TRT, CUDA)
 SHORT = {TRT: "tensorrt", CUDA: "cuda", CPU: "cpu"}
+ORT_TYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}  # config.json dtype -> onnxruntime's
 
 
 @dataclass
@@ -221,9 +222,12 @@ class ModelRuntime:
         want = cfg.outputs[0].name
         if s.output_names[0] != want:
             raise ModelLoadError(f"{self.entry.name}: first output is {s.output_names[0]!r}, config.json says {want!r}")
-        want_type = "tensor(uint8)" if cfg.task == "segment" else "tensor(float)"
-        if s.output_types[0] != want_type:
-            raise ModelLoadError(f"{self.entry.name}: output {want} is {s.output_types[0]}, expected {want_type}")
+        types = dict(zip(s.output_names, s.output_types))
+        for out in cfg.outputs:
+            want_type = ORT_TYPES[out.dtype]
+            if types.get(out.name) != want_type:
+                raise ModelLoadError(f"{self.entry.name}: output {out.name} is {types.get(out.name, 'missing')}, "
+                                     f"config.json says {want_type}")
 
     def warm(self, shapes: Sequence[tuple[int, int, int]], batch_sizes: Sequence[int]) -> float:
         """Run every session once per (batch size, HxWxC shape), so no request pays for first-run setup."""

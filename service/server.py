@@ -1,5 +1,8 @@
 """The loaded models and the request pipelines: decode (codec threads) -> batcher -> encode (codec threads).
 
+What decode and encode do is the model's task handler's (service/tasks); `ModelServer` keeps the
+start-up, the shutdown, the lookup of models and the pipeline between the two ends.
+
 `ModelServer.load()` reads the repository, verifies and opens every configured model (a failure
 stops the start, as Triton does); `start()` starts the batchers and warms every model in the
 background, so `/health/live` answers at once and `/health/ready` turns 200 only once all are warm.
@@ -7,7 +10,6 @@ background, so `/health/live` answers at once and `/health/ready` turns 200 only
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,30 +18,24 @@ from typing import Any, Callable
 
 import numpy as np
 
-from enet_serve.service import codecs
 from enet_serve.service.batching import Batcher
 from enet_serve.service.errors import InvalidParameter, ModelLoadError, ModelNotFound, NotReady
 from enet_serve.service.metrics import Metrics
 from enet_serve.service.repository import ModelConfig, ModelEntry, ModelRepository
 from enet_serve.service.runtime import ModelRuntime, pick_batch_size, tuning_candidates
 from enet_serve.service.settings import Settings
+from enet_serve.service.tasks import HANDLERS, Answer, Prepared, Task, handler_for
 
 log = logging.getLogger("service")
 
-TASK_WORDS = {"segment": "segmentation", "classify": "classification"}
 
+@dataclass(frozen=True)
+class Readiness:
+    """Whether every model is loaded and warm; why not, for the probes."""
 
-@dataclass
-class Prepared:
-    """A decoded request, ready for the batcher."""
-
-    array: np.ndarray  # model input HxWxC
-    key: tuple  # batching key (input shape)
-    width: int  # the image's own size
-    height: int
-    valid: tuple[int, int] | None  # (h, w) of the image inside a padded input (native-size mode)
-    original: np.ndarray | None  # the full decoded image (overlay only)
-    decode_s: float
+    ready: bool
+    models: dict[str, bool]
+    reason: str | None = None
 
 
 class LoadedModel:
@@ -53,28 +49,15 @@ class LoadedModel:
         self.batcher: Batcher | None = None
         self.batch_size = settings.max_batch_size  # the effective maximum (see tune_batch_size)
         self.batch_rates: dict[int, float] | None = None
-        cfg = self.config
-        self.task = cfg.task
-        self.class_names = cfg.class_names()
-        self.height, self.width, self.channels = cfg.input.height, cfg.input.width, cfg.input.channels
-        self.native_size = settings.native_size and cfg.input.dynamic_size
-        if self.task == "segment":
-            colors = cfg.palette()
-            self.palette = codecs.palette_bytes(colors)
-            self.lut = codecs.color_lut(colors)
+        self.task = self.config.task
+        self.handler: Task = handler_for(self.name, self.config, settings)
+        self.class_names = self.handler.class_names
+        self.height, self.width, self.channels = self.handler.input_shape
+        self.native_size = self.handler.native_size
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return (self.height, self.width, self.channels)
-
-    def accepts_shape(self, shape: tuple[int, ...]) -> bool:
-        """Whether an HxWxC input of `shape` can go to the model as it is (v2 tensors)."""
-        if len(shape) != 3 or shape[2] != self.channels:
-            return False
-        if self.config.input.dynamic_size:
-            m = self.config.input.size_multiple
-            return shape[0] > 0 and shape[1] > 0 and shape[0] % m == 0 and shape[1] % m == 0
-        return tuple(shape[:2]) == (self.height, self.width)
+        return self.handler.input_shape
 
     def describe(self) -> dict[str, Any]:
         cfg, s, rt = self.config, self.settings, self.runtime
@@ -86,9 +69,7 @@ class LoadedModel:
             "ready": self.ready,
             "labels": self.class_names,
             "num_classes": len(self.class_names),
-            "input": {"name": cfg.input.name, "dtype": "uint8", "layout": "NHWC", "height": self.height,
-                      "width": self.width, "channels": self.channels, "dynamic_size": cfg.input.dynamic_size,
-                      "size_multiple": cfg.input.size_multiple},
+            "input": cfg.input.model_dump(),
             "outputs": [o.model_dump() for o in cfg.outputs],
             "provider": rt.provider,
             "providers": rt.providers,
@@ -111,10 +92,8 @@ class LoadedModel:
                          "request_timeout_s": s.request_timeout_s,
                          "native_size": self.native_size},
             "warmup_s": rt.warmup_s,
+            **self.handler.describe(),
         }
-        if cfg.task == "segment":
-            info["colors"] = [list(c) for c in cfg.palette()]
-            info["void"] = cfg.void.model_dump() if cfg.void else None
         return info
 
 
@@ -197,9 +176,17 @@ class ModelServer:
     def ready(self) -> bool:
         return bool(self.models) and all(m.ready for m in self.models.values())
 
+    def readiness(self) -> Readiness:
+        """The one answer to "is the server ready?", for /health/ready and /v2/health/ready."""
+        models = {name: m.ready for name, m in sorted(self.models.items())}
+        if self.ready:
+            return Readiness(True, models)
+        waiting = [n for n, ok in models.items() if not ok]
+        return Readiness(False, models, self.warm_error or f"warming up: {', '.join(waiting) or 'loading'}")
+
     # -- lookup ----------------------------------------------------------------------------------------
     def default_name(self, task: str) -> str | None:
-        wanted = self.settings.default_segment_model if task == "segment" else self.settings.default_classify_model
+        wanted = HANDLERS[task].default_model(self.settings)
         if wanted in self.models and self.models[wanted].task == task:
             return wanted
         same = sorted(n for n, m in self.models.items() if m.task == task)
@@ -210,21 +197,22 @@ class ModelServer:
             assert task is not None
             name = self.default_name(task)
             if name is None:
-                raise ModelNotFound(f"no {TASK_WORDS[task]} model is loaded")
+                raise ModelNotFound(f"no {HANDLERS[task].word} model is loaded")
         model = self.models.get(name)
         if model is None:
             raise ModelNotFound(f"unknown model {name!r}; loaded: {', '.join(sorted(self.models)) or 'none'}")
         if task is not None and model.task != task:
-            route = "/segment" if model.task == "segment" else "/classify"
-            raise InvalidParameter(f"model {name!r} is a {TASK_WORDS[model.task]} model; use {route}",
+            raise InvalidParameter(f"model {name!r} is a {model.handler.word} model; use {model.handler.route}",
                                    code="wrong_task")
         return model
 
-    def ready_model(self, name: str | None, task: str | None = None) -> LoadedModel:
-        model = self.get(name, task)
+    def ensure_ready(self, model: LoadedModel) -> LoadedModel:
         if not model.ready or model.batcher is None:
             raise NotReady(f"model {model.name} is still loading (warming up); retry shortly", retry_after=2)
         return model
+
+    def ready_model(self, name: str | None, task: str | None = None) -> LoadedModel:
+        return self.ensure_ready(self.get(name, task))
 
     async def codec(self, fn: Callable, *args, **kwargs):
         loop = asyncio.get_running_loop()
@@ -233,86 +221,30 @@ class ModelServer:
         return await loop.run_in_executor(self.codec_pool, fn, *args)
 
     # -- pipelines ---------------------------------------------------------------------------------------
-    async def _infer_image(self, model: LoadedModel, data: bytes, keep_original: bool) -> tuple[Prepared, tuple]:
+    async def infer_image(self, model: LoadedModel, data: bytes,
+                          keep_original: bool = False) -> tuple[Prepared, dict[str, np.ndarray]]:
+        """Decode (codec thread) and run one image through the batcher: the decoded request and the
+        model's outputs for it, by output name."""
         assert model.batcher is not None
         with model.batcher.announce() as announcement:
-            prepared = await self.codec(prepare_image, model, data, self.settings.max_image_pixels, keep_original)
+            prepared = await self.codec(model.handler.prepare, data, keep_original)
             announcement.done()
             self.metrics.decode.labels(model.name).observe(prepared.decode_s)
             outputs = await model.batcher.submit(prepared.array, key=prepared.key)
-        return prepared, outputs
+        return prepared, dict(zip(model.runtime.output_names, outputs))
 
-    async def segment(self, model: LoadedModel, data: bytes, fmt: str, alpha: float) -> tuple[bytes, str]:
-        prepared, outputs = await self._infer_image(model, data, keep_original=fmt == "overlay")
-        return await self.codec(encode_segmentation, model, prepared, outputs[0], fmt, alpha,
-                                self.settings.png_compress_level)
+    async def answer(self, model: LoadedModel, data: bytes, options: Any) -> Answer:
+        """One image in, the task's answer out: decode -> batcher -> encode (the codec threads at both ends)."""
+        handler = model.handler
+        prepared, outputs = await self.infer_image(model, data, handler.wants_original(options))
+        return await self.codec(handler.encode, prepared, outputs, options)
 
-    async def classify(self, model: LoadedModel, data: bytes, top_k: int) -> dict:
-        _, outputs = await self._infer_image(model, data, keep_original=False)
-        return {"model": model.name, "predictions": top_predictions(outputs[0], model.class_names, top_k)}
-
-    async def infer_tensor(self, model: LoadedModel, batch: np.ndarray) -> list[np.ndarray]:
-        """v2 infer: every row of an NxHxWxC uint8 batch through the batcher; outputs stacked back."""
+    async def infer_tensor(self, model: LoadedModel, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """v2 infer: every row of an NxHxWxC uint8 batch through the batcher; outputs stacked back, by name."""
         assert model.batcher is not None
         rows = await asyncio.gather(*(model.batcher.submit(np.ascontiguousarray(x), key=x.shape) for x in batch))
-        return [np.stack([r[i] for r in rows]) for i in range(len(rows[0]))]
+        return {name: np.stack([r[i] for r in rows]) for i, name in enumerate(model.runtime.output_names)}
 
-
-# -- the synchronous parts (codec threads) -----------------------------------------------------------
 
 def warm_model(model: LoadedModel, batch_sizes: list[int]) -> float:
     return model.runtime.warm([model.input_shape], batch_sizes)
-
-
-def prepare_image(model: LoadedModel, data: bytes, max_pixels: int, keep_original: bool) -> Prepared:
-    t0 = time.perf_counter()
-    if model.native_size:
-        decoded = codecs.decode_image(data, channels=model.channels, max_pixels=max_pixels)
-        image = decoded.array
-        x = codecs.pad_to_multiple(image, model.config.input.size_multiple)
-        valid = (image.shape[0], image.shape[1])
-    else:
-        decoded = codecs.decode_image(data, channels=model.channels, max_pixels=max_pixels,
-                                      min_size=None if keep_original else (model.height, model.width))
-        image = decoded.array
-        x = codecs.resize_image(image, model.height, model.width)
-        valid = None
-    return Prepared(array=x, key=x.shape, width=decoded.width, height=decoded.height, valid=valid,
-                    original=image if keep_original else None, decode_s=time.perf_counter() - t0)
-
-
-def mask_at_input_size(mask: np.ndarray, prepared: Prepared) -> np.ndarray:
-    if prepared.valid is not None:
-        mask = mask[: prepared.valid[0], : prepared.valid[1]]
-    return codecs.resize_mask(mask, prepared.height, prepared.width)
-
-
-def encode_segmentation(model: LoadedModel, prepared: Prepared, mask: np.ndarray, fmt: str, alpha: float,
-                        level: int) -> tuple[bytes, str]:
-    mask = mask_at_input_size(mask, prepared)
-    if fmt == "png":
-        return codecs.encode_mask_png(mask, model.palette, level), "image/png"
-    if fmt == "overlay":
-        assert prepared.original is not None
-        image = prepared.original
-        if image.shape[:2] != mask.shape:
-            image = codecs.resize_image(image, *mask.shape)
-        return codecs.encode_jpeg(codecs.overlay(image, mask, model.lut, alpha)), "image/jpeg"
-    body = {
-        "model": model.name,
-        "width": prepared.width,
-        "height": prepared.height,
-        "classes": model.class_names,
-        "mask_png": codecs.b64(codecs.encode_mask_png(mask, model.palette, level)),
-        "class_fractions": codecs.class_fractions(mask, model.class_names),
-    }
-    return json.dumps(body, separators=(",", ":")).encode(), "application/json"
-
-
-def top_predictions(probabilities: np.ndarray, labels: list[str], top_k: int) -> list[dict]:
-    p = np.asarray(probabilities, dtype=np.float32).ravel()
-    k = max(1, min(int(top_k), p.size))
-    idx = np.argpartition(-p, k - 1)[:k] if k < p.size else np.arange(p.size)
-    idx = idx[np.argsort(-p[idx], kind="stable")]
-    return [{"label": labels[i] if i < len(labels) else f"class_{i}", "index": int(i), "score": float(p[i])}
-            for i in idx]

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
 
-from enet_serve.service.api.deps import get_server, read_image, require_api_key
+from enet_serve.service.api.deps import ClassifyModelDep, ServerDep, SettingsDep, read_image, require_api_key
 from enet_serve.service.schemas import ERROR_RESPONSES, IMAGE_REQUEST_BODY, ClassifyResponse
+from enet_serve.service.tasks import ClassifyOptions
 
 router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
 
@@ -20,12 +22,11 @@ router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
 )
 async def classify(
     request: Request,
-    model: str | None = Query(None, description="model name; default: the default classifier",
-                              examples=["lenet5-fashion"]),
+    server: ServerDep,
+    settings: SettingsDep,
+    model: ClassifyModelDep,
     top_k: int = Query(5, ge=1, le=1000, description="how many labels to return"),
-) -> dict:
-    server = get_server(request)
-    handle = server.ready_model(model, "classify")
-    request.state.model = handle.name
-    data = await read_image(request)
-    return await server.classify(handle, data, top_k)
+) -> Response:
+    data = await read_image(request, settings)
+    answer = await server.answer(model, data, ClassifyOptions(top_k=top_k))
+    return Response(content=answer.body, media_type=answer.media_type)

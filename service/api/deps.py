@@ -1,16 +1,20 @@
-"""What the routes share: the server object, API-key checking and reading an image body within limits."""
+"""What the routes share, as typed dependencies (`ServerDep`, `SettingsDep`, `ModelDep`, ...), so a test
+can swap any of them with `app.dependency_overrides`; and reading an image body within limits.
+"""
 from __future__ import annotations
 
 import hmac
+from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from enet_serve.service.errors import BadRequest, InvalidParameter, PayloadTooLarge, Unauthorized, UnsupportedMediaType
-from enet_serve.service.server import ModelServer
+from enet_serve.service.server import LoadedModel, ModelServer
 from enet_serve.service.settings import Settings
+from enet_serve.service.tasks import HANDLERS
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY (when API keys are configured)")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: KEY (when API keys are configured)")
@@ -21,15 +25,50 @@ def get_server(request: Request) -> ModelServer:
 
 
 def get_settings(request: Request) -> Settings:
+    """The app's settings (the routes read settings only through this)."""
     return request.app.state.settings
 
 
+ServerDep = Annotated[ModelServer, Depends(get_server)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_model(request: Request, server: ServerDep,
+              name: Annotated[str, Path(description="model name", examples=["enet-camvid"])]) -> LoadedModel:
+    """The loaded model of the path's `{name}` (404 when there is none), ready or not."""
+    model = server.get(name)
+    request.state.model = model.name
+    return model
+
+
+ModelDep = Annotated[LoadedModel, Depends(get_model)]
+
+
+def ready_model_of(task: str):
+    """A dependency: the ready model of `task` named by the query's `model=` (its default without one)."""
+    handler = HANDLERS[task]
+    example = Settings.model_fields[handler.default_setting].default
+
+    def ready_model(request: Request, server: ServerDep,
+                    model: str | None = Query(None, description=f"model name; default: the default {handler.word} "
+                                              "model", examples=[example])) -> LoadedModel:
+        handle = server.ready_model(model, task)
+        request.state.model = handle.name
+        return handle
+
+    return ready_model
+
+
+SegmentModelDep = Annotated[LoadedModel, Depends(ready_model_of("segment"))]
+ClassifyModelDep = Annotated[LoadedModel, Depends(ready_model_of("classify"))]
+
+
 async def require_api_key(
-    request: Request,
+    settings: SettingsDep,
     bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
     api_key: str | None = Depends(_api_key),
 ) -> None:
-    keys = request.app.state.settings.api_keys
+    keys = settings.api_keys
     if not keys:
         return
     given = api_key or (bearer.credentials if bearer is not None else None)
@@ -67,9 +106,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_image(request: Request) -> bytes:
+async def read_image(request: Request, settings: Settings) -> bytes:
     """Image bytes from a raw body (image/*, application/octet-stream) or multipart/form-data field `image`."""
-    settings: Settings = request.app.state.settings
     kind = media_type(request)
     if kind == "multipart/form-data":
         body = await read_body(request, settings.max_body_bytes)

@@ -1,10 +1,10 @@
 """GET /health/live and /health/ready (no API key: for the orchestrator's probes)."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from enet_serve.service.api.deps import get_server
+from enet_serve.service.api.deps import ServerDep
 from enet_serve.service.errors import error_body
 from enet_serve.service.schemas import ERROR_RESPONSES, Health
 
@@ -18,13 +18,10 @@ async def live() -> dict:
 
 @router.get("/health/ready", summary="Readiness: every model is loaded and warm", response_model=Health,
             responses={503: ERROR_RESPONSES[503]})
-async def ready(request: Request):
-    server = get_server(request)
-    models = {name: m.ready for name, m in sorted(server.models.items())}
-    if server.ready:
-        return {"status": "ready", "models": models}
-    waiting = [n for n, ok in models.items() if not ok]
-    message = server.warm_error or f"warming up: {', '.join(waiting) or 'loading'}"
-    body = error_body("not_ready", message)
-    body["models"] = models
+async def ready(server: ServerDep):
+    state = server.readiness()
+    if state.ready:
+        return {"status": "ready", "models": state.models}
+    body = error_body("not_ready", state.reason or "not ready")
+    body["models"] = state.models
     return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})

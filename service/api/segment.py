@@ -6,10 +6,14 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from enet_serve.service.api.deps import get_server, read_image, require_api_key
+from enet_serve.service.api.deps import SegmentModelDep, ServerDep, SettingsDep, read_image, require_api_key
 from enet_serve.service.schemas import ERROR_RESPONSES, IMAGE_REQUEST_BODY, SegmentResponse
+from enet_serve.service.tasks import SEGMENT_FORMATS, SegmentOptions
 
 router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
+
+# format= takes exactly the registered formats (service/tasks/segment.py).
+Format = Literal[tuple(SEGMENT_FORMATS)]  # type: ignore[valid-type]
 
 
 @router.post(
@@ -33,20 +37,18 @@ router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
 )
 async def segment(
     request: Request,
-    model: str | None = Query(None, description="model name; default: the default segmentation model",
-                              examples=["enet-camvid"]),
-    format: Literal["json", "png", "overlay"] | None = Query(
+    server: ServerDep,
+    settings: SettingsDep,
+    model: SegmentModelDep,
+    format: Format | None = Query(
         None, description="json (default), png, or overlay; png is also chosen by `Accept: image/png`"),
     alpha: float | None = Query(None, ge=0.0, le=1.0, description="overlay: weight of the mask colours (default 0.5)"),
 ) -> Response:
-    server = get_server(request)
-    handle = server.ready_model(model, "segment")
-    request.state.model = handle.name
-    fmt = format or ("png" if _wants_png(request) else "json")
-    data = await read_image(request)
-    body, media_type = await server.segment(handle, data, fmt,
-                                            server.settings.overlay_alpha if alpha is None else alpha)
-    return Response(content=body, media_type=media_type, headers={"X-Model": handle.name})
+    options = SegmentOptions(format=format or ("png" if _wants_png(request) else "json"),
+                             alpha=settings.overlay_alpha if alpha is None else alpha)
+    data = await read_image(request, settings)
+    answer = await server.answer(model, data, options)
+    return Response(content=answer.body, media_type=answer.media_type, headers={"X-Model": model.name})
 
 
 def _wants_png(request: Request) -> bool:

@@ -193,6 +193,30 @@ async def test_api_keys(serve):
     _error(await c.get("/v2/models/enet-camvid"), 401)
 
 
+async def test_dependency_overrides_swap_settings_and_server(serve):
+    from enet_serve.service.api.deps import get_server, get_settings
+    from enet_serve.service.metrics import Metrics
+    from enet_serve.service.server import ModelServer
+    from enet_serve.service.settings import Settings
+
+    c = await serve()
+    app = c.app
+    assert (await c.get("/models")).status_code == 200
+    app.dependency_overrides[get_settings] = lambda: Settings(api_keys=["k"])
+    _error(await c.get("/models"), 401, "unauthorized")
+    assert (await c.get("/models", headers={"X-API-Key": "k"})).status_code == 200
+    app.dependency_overrides.clear()
+
+    idle = ModelServer(Settings(), Metrics())  # loaded nothing: not ready, no models
+    app.dependency_overrides[get_server] = lambda: idle
+    _error(await c.get("/health/ready"), 503, "not_ready")
+    _error(await c.get("/v2/health/ready"), 503, "not_ready")
+    assert (await c.get("/models")).json()["models"] == []
+    _error(await c.post("/segment", content=to_png(random_rgb(1, 32, 32))), 404, "model_not_found")
+    app.dependency_overrides.clear()
+    assert (await c.get("/health/ready")).status_code == 200
+
+
 async def test_metrics_names(serve):
     c = await serve()
     await c.post("/segment", content=to_png(random_rgb(9, 32, 32)))
@@ -208,6 +232,7 @@ async def test_metrics_names(serve):
     assert 'enet_serve_requests_total{model="enet-camvid",route="/segment",status="200"} 1.0' in text
     assert 'enet_serve_requests_total{model="",route="/segment",status="404"} 1.0' in text
     assert 'enet_serve_model_ready{model="enet-camvid"} 1.0' in text
+    assert "_created" not in text  # prometheus-client's creation-time series are off
     # a lone request runs on the solo instance (every core) when the CPU has room for two instances
     from enet_serve.service.settings import cpu_count
 
@@ -287,6 +312,13 @@ async def test_openapi_docs(serve):
         assert path in spec["paths"], path
     body = spec["paths"]["/segment"]["post"]["requestBody"]["content"]
     assert "image/jpeg" in body and "multipart/form-data" in body
+    params = {p["name"]: p for p in spec["paths"]["/segment"]["post"]["parameters"]}
+    assert params["model"]["in"] == "query" and params["format"]["in"] == "query"
+    for path in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}", "/v2/models/{name}/infer",
+                 "/v2/models/{name}/versions/{version}/infer"):
+        op = spec["paths"][path].get("get") or spec["paths"][path]["post"]
+        where = {p["name"]: p["in"] for p in op["parameters"]}
+        assert where == ({"name": "path", "version": "path"} if "{version}" in path else {"name": "path"}), path
     assert (await c.get("/docs")).status_code == 200
 
 
