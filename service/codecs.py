@@ -1,17 +1,16 @@
 """Image decoding and mask encoding. Everything here is synchronous and runs in the codec thread pool.
 
-Decoding: JPEG goes through simplejpeg (libjpeg-turbo, releases the GIL): 0.60 ms for a 360x480
-q90 CamVid frame against 1.71 ms with Pillow (medians, this project's 2-core machine); it can also
-scale down by DCT when the model's input is smaller than the image. Everything else (PNG, WebP,
-GIF, BMP, TIFF, CMYK JPEG) goes through Pillow. EXIF orientation is applied; grayscale, RGBA/LA/P
-(composited on white), CMYK and 16-bit inputs become RGB, or 1-channel gray for 1-channel models.
-Sizes are checked from the header before any pixel is decoded (decompression bombs get 413).
+Decoding: JPEG goes through simplejpeg (libjpeg-turbo, releases the GIL; faster than
+Pillow here, BENCHMARKS.md "Codecs"); it can also scale down by DCT when the model's input is
+smaller than the image. Everything else (PNG, WebP, GIF, BMP, TIFF, CMYK JPEG) goes through Pillow.
+EXIF orientation is applied; grayscale, RGBA/LA/P (composited on white), CMYK and 16-bit inputs
+become RGB, or 1-channel gray for 1-channel models. Sizes are checked from the header before any
+pixel is decoded (decompression bombs get 413).
 
 Masks are written as palette PNGs by a small writer over zlib (which also releases the GIL):
-filter None and the RLE strategy, 0.36 ms and 5.5 kB per 360x480 CamVid label mask at every level
-from 1 to 9 (RLE does no match search, so the level hardly matters; level 0 stores: 0.14 ms but
-170 kB). Pillow's encoder took 0.57 ms / 7.6 kB at level 1, 1.26 ms / 5.3 kB at 6, 9.7 ms / 4.5 kB
-at 9. The default level is 1 (`png_compress_level`); `python -m enet_serve.bench.load --codecs` re-measures.
+filter None and the RLE strategy, which does no match search, so the level hardly changes time or
+size; faster and smaller than Pillow's encoder at its default level (BENCHMARKS.md "Codecs"). The
+default level is 1 (`png_compress_level`); `enet-serve bench load --codecs` re-measures.
 """
 from __future__ import annotations
 

@@ -1,10 +1,14 @@
-"""The layering rules of README.md's "Layout", checked on the source: every `import` statement of every
-module (those inside functions too), followed through the project's own modules.
+"""The layering rules of README.md's "Layout" (its "may import" column), checked on the source: every
+`import` statement of every module (those inside functions too), followed through the project's own
+modules.
 
-- the serving side (enet_serve.service, and the top-level modules it shares) imports no torch, no onnx
-  and nothing from enet_serve.models / export / training / bench: the serving image has none of them;
+- enet_serve's own modules (the command, the paths, config.json's schema) import only the standard
+  library and pydantic, so every package may import them;
+- the serving side (enet_serve.service) imports no torch, no onnx and nothing from
+  enet_serve.models / export / training / bench: the serving image has none of them;
 - enet_serve.models knows nothing of HTTP nor of the packages built on it;
-- enet_serve.model_config (config.json's schema, shared by all) imports only the standard library and pydantic;
+- enet_serve.export and enet_serve.training import nothing of the service, the benchmarks or HTTP,
+  and training nothing of export;
 - only enet_serve.export imports the model repository's writer (enet_serve.export.repository).
 """
 from __future__ import annotations
@@ -19,7 +23,6 @@ import pytest
 
 ROOT = "enet_serve"
 SUBPACKAGES = ("service", "models", "export", "training", "bench")
-SERVING = ("enet_serve.service", "enet_serve.model_config", "enet_serve.paths", "enet_serve.cli", "enet_serve.__main__")
 TRAINING_STACK = {"torch", "torchvision", "onnx", "onnxscript", "onnxconverter_common", "tqdm"}
 HTTP_STACK = {"fastapi", "starlette", "uvicorn", "httpx", "multipart"}
 WRITER = "enet_serve.export.repository"
@@ -116,21 +119,31 @@ def test_the_graph_covers_the_project(graph):
     assert "enet_serve.model_config" in graph["enet_serve.service.repository"]
 
 
-def test_serving_imports_no_training_stack(graph):
-    sources = _modules(graph, SERVING)
-    assert violations(graph, sources, TRAINING_STACK | {f"{ROOT}.{p}" for p in ("models", "export", "training",
-                                                                                  "bench")}) == []
+def _packages(*names: str) -> set[str]:
+    return {f"{ROOT}.{n}" for n in names}
 
 
-def test_models_know_nothing_of_http_or_the_packages_above(graph):
-    sources = _modules(graph, [f"{ROOT}.models"])
-    assert violations(graph, sources, HTTP_STACK | {f"{ROOT}.{p}" for p in ("service", "export", "training",
-                                                                              "bench")}) == []
+# package -> what nothing it reaches may be
+FORBIDDEN = {
+    "service": TRAINING_STACK | _packages("models", "export", "training", "bench"),
+    "models": HTTP_STACK | _packages("service", "export", "training", "bench"),
+    "export": HTTP_STACK | _packages("service", "bench"),
+    "training": HTTP_STACK | _packages("service", "export", "bench"),
+}
 
 
-def test_model_config_needs_only_pydantic(graph):
-    imported = {target.split(".")[0] for target in reached(graph, ["enet_serve.model_config"])}
-    assert imported <= set(sys.stdlib_module_names) | {"pydantic", "__future__"}, imported
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_packages_import_only_what_the_layout_allows(graph, package):
+    assert violations(graph, _modules(graph, [f"{ROOT}.{package}"]), FORBIDDEN[package]) == []
+
+
+def test_the_shared_modules_need_only_the_standard_library_and_pydantic(graph):
+    shared = [m for m in graph if m.count(".") <= 1 and not _under(m, _packages(*SUBPACKAGES))]
+    assert {"enet_serve.model_config", "enet_serve.paths", "enet_serve.cli"} <= set(shared)
+    reach = reached(graph, shared)
+    assert [m for m in reach if _under(m, _packages(*SUBPACKAGES))] == []
+    imported = {target.split(".")[0] for target in reach}
+    assert imported <= set(sys.stdlib_module_names) | {"pydantic", "__future__", ROOT}, imported
 
 
 def test_only_export_imports_the_repository_writer(graph):
