@@ -30,7 +30,7 @@ VERSION = 1  # the version directory export writes (`<name>/1/...`)
 # The precisions a model directory may hold, each one ONNX file: `<version>/model.<key>.onnx`.
 FILE_KEYS = ("fp32", "fp32_gpu", "fp16", "int8")
 FileKey = Literal["fp32", "fp32_gpu", "fp16", "int8"]
-Task = Literal["segment", "classify"]
+TaskName = Literal["segment", "classify"]
 
 
 def file_name(key: str) -> str:
@@ -86,6 +86,8 @@ class TensorSpec:
 class TaskSpec:
     name: str
     outputs: tuple[TensorSpec, ...]  # in graph order; the first one is required, the others optional
+    dynamic_size: bool  # the graph takes any H and W (multiples of the model's size multiple)
+    colors: bool  # config.json carries a colour per class (and the void class)
 
     @property
     def primary(self) -> TensorSpec:
@@ -98,9 +100,11 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     # The in-graph argmax and the top class's probability x 255.
     "segment": TaskSpec("segment", (TensorSpec("mask", "uint8", ("N", "H", "W")),
-                                    TensorSpec("confidence", "uint8", ("N", "H", "W")))),
+                                    TensorSpec("confidence", "uint8", ("N", "H", "W"))),
+                        dynamic_size=True, colors=True),
     # The in-graph softmax.
-    "classify": TaskSpec("classify", (TensorSpec("probabilities", "float32", ("N", "K")),)),
+    "classify": TaskSpec("classify", (TensorSpec("probabilities", "float32", ("N", "K")),),
+                         dynamic_size=False, colors=False),
 }
 
 
@@ -177,7 +181,7 @@ class ModelConfig(_Strict):
 
     name: str = Field(description="the model's name (the service serves it under its directory's name)")
     architecture: str = Field("", description="the registered architecture (`enet-serve models`)")
-    task: Task = Field(description="`segment` or `classify`: which task table entry the outputs follow")
+    task: TaskName = Field(description="`segment` or `classify`: which task table entry the outputs follow")
     version: int = Field(VERSION, description="the version directory holding the files")
     input: InputSpec = Field(description="the graph's one input, uint8[N, H, W, C]")
     outputs: list[OutputSpec] = Field(

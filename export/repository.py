@@ -20,8 +20,8 @@ import onnxruntime
 import torch
 
 from enet_serve.export.errors import ExportError
-from enet_serve.model_config import (FILE_KEYS, VERSION, ModelConfig, ModelConfigError, fallback_color, file_name,
-                                     file_path, parse_config, sha256_file, task_outputs)
+from enet_serve.model_config import (FILE_KEYS, TASKS, VERSION, ModelConfig, ModelConfigError, fallback_color,
+                                     file_name, file_path, parse_config, sha256_file, task_outputs)
 from enet_serve.models.labels import load_label_set
 from enet_serve.models.registry import ModelSpec
 from enet_serve.paths import DEFAULT_REPOSITORY, REPO_ROOT  # noqa: F401  (export.cli and the exporter take it from here)
@@ -47,7 +47,7 @@ def label_fields(spec: ModelSpec, num_classes: int) -> dict:
     else:  # a model trained for another number of classes than its label set has
         fields["labels"] = [f"class_{i}" for i in range(num_classes)]
         colors = None
-    if spec.task == "segment":
+    if TASKS[spec.task].colors:
         fields["colors"] = [list(c) for c in colors] if colors and len(colors) == num_classes \
             else [list(fallback_color(i)) for i in range(num_classes)]
         void = label_set.get("void")
@@ -79,7 +79,7 @@ def build_config(*, name: str, arch: str, spec: ModelSpec, num_classes: int, mod
         "task": spec.task,
         "version": VERSION,
         "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "channels": spec.input_channels,
-                  "height": h, "width": w, "dynamic_size": spec.task == "segment",
+                  "height": h, "width": w, "dynamic_size": TASKS[spec.task].dynamic_size,
                   "size_multiple": int(spec.size_multiple)},
         "outputs": [o.model_dump() for o in task_outputs(
             spec.task, graph_outputs(model_dir / file_path(precisions[0])), num_classes)],

@@ -5,6 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from enet_serve.model_config import TaskName
+
 
 class ErrorDetail(BaseModel):
     code: str = Field(description="stable machine-readable code", examples=["model_not_found"])
@@ -60,7 +62,7 @@ class ModelInfo(BaseModel):
                      "instances": 2, "threads_per_instance": 1, "solo_instance_threads": 2},
     }]})
     name: str
-    task: Literal["segment", "classify"]
+    task: TaskName
     architecture: str
     version: int
     ready: bool

@@ -54,6 +54,11 @@ class Task(ABC):
         self.input_shape = (inp.height, inp.width, inp.channels)
         self.native_size = settings.native_size and inp.dynamic_size
 
+    @property
+    def primary_output(self) -> str:
+        """The name of the task's first output (the one every graph of the task has)."""
+        return self.config.outputs[0].name
+
     @classmethod
     def default_model(cls, settings: Settings) -> str:
         return getattr(settings, cls.default_setting)

@@ -22,7 +22,7 @@ class ClassifyTask(Task):
     default_setting: ClassVar[str] = "default_classify_model"
 
     def encode(self, prepared: Prepared, outputs: dict[str, np.ndarray], options: ClassifyOptions) -> Answer:
-        predictions = top_predictions(outputs["probabilities"], self.class_names, options.top_k)
+        predictions = top_predictions(outputs[self.primary_output], self.class_names, options.top_k)
         body = ClassifyResponse(model=self.model, predictions=predictions).model_dump_json()
         return Answer(body.encode(), "application/json")
 

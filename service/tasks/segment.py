@@ -84,7 +84,7 @@ class SegmentTask(Task):
 
     def encode(self, prepared: Prepared, outputs: dict[str, np.ndarray], options: SegmentOptions) -> Answer:
         fmt = SEGMENT_FORMATS[options.format]
-        mask = mask_at_input_size(outputs["mask"], prepared)
+        mask = mask_at_input_size(outputs[self.primary_output], prepared)
         return Answer(fmt.encode(SegmentResult(self, prepared, mask, outputs, options)), fmt.media_type)
 
     def mask_png(self, mask: np.ndarray) -> bytes:
