@@ -51,24 +51,21 @@ class LoadedModel:
         self.batch_rates: dict[int, float] | None = None
         self.task = self.config.task
         self.handler: Task = handler_for(self.name, self.config, settings)
-        self.class_names = self.handler.class_names
-        self.height, self.width, self.channels = self.handler.input_shape
-        self.native_size = self.handler.native_size
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return self.handler.input_shape
 
     def describe(self) -> dict[str, Any]:
-        cfg, s, rt = self.config, self.settings, self.runtime
-        info: dict[str, Any] = {
+        cfg, s, rt, names = self.config, self.settings, self.runtime, self.handler.class_names
+        return {
             "name": self.name,
             "task": cfg.task,
             "architecture": cfg.architecture,
             "version": cfg.version,
             "ready": self.ready,
-            "labels": self.class_names,
-            "num_classes": len(self.class_names),
+            "labels": names,
+            "num_classes": len(names),
             "input": cfg.input.model_dump(),
             "outputs": [o.model_dump() for o in cfg.outputs],
             "provider": rt.provider,
@@ -90,11 +87,10 @@ class LoadedModel:
                          "threads_per_instance": rt.sessions[0].threads,
                          "solo_instance_threads": rt.solo.threads if rt.solo else None,
                          "request_timeout_s": s.request_timeout_s,
-                         "native_size": self.native_size},
+                         "native_size": self.handler.native_size},
             "warmup_s": rt.warmup_s,
             **self.handler.describe(),
         }
-        return info
 
 
 class ModelServer:

@@ -33,10 +33,6 @@ class SegmentResult:
     outputs: dict[str, np.ndarray]  # every graph output at the model's size (e.g. "confidence")
     options: SegmentOptions
 
-    def at_input_size(self, plane: np.ndarray) -> np.ndarray:
-        """Another HxW output (nearest-neighbour) at the input's size, as the mask is."""
-        return mask_at_input_size(plane, self.prepared)
-
 
 @dataclass(frozen=True)
 class SegmentFormat:
