@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from enet_serve.export.errors import ExportCheckError
+from enet_serve.export.structure import uint8_rule_violations
 from enet_serve.models.registry import ModelSpec
 from enet_serve.training.common import Normalize
 from enet_serve.training.datasets import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST, read_idx
@@ -251,6 +252,14 @@ def check_ops(model: onnx.ModelProto, label: str) -> CheckResult:
     return CheckResult(f"{label} op set", not bad, detail)
 
 
+def check_uint8_rule(model: onnx.ModelProto, label: str) -> CheckResult:
+    """TensorRT's UINT8 rule (export.structure): uint8 only as the input or an output, next to a Cast."""
+    problems = uint8_rule_violations(model)
+    detail = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "") if problems \
+        else "uint8 only at the input and the outputs, each next to a Cast from or to float"
+    return CheckResult(f"{label} uint8 rule", not problems, detail)
+
+
 def _fail_fast(results: list[CheckResult]) -> None:
     for r in results:
         if not r.passed:
@@ -271,7 +280,8 @@ def run_checks(model: nn.Module, spec: ModelSpec, num_classes: int, graphs: list
     for g in graphs:
         label = g.precision.upper()
         proto = onnx.load(str(g.path))
-        results += [check_contract(proto, spec, num_classes, label), check_ops(proto, label)]
+        results += [check_contract(proto, spec, num_classes, label), check_ops(proto, label),
+                    check_uint8_rule(proto, label)]
         _fail_fast(results)
         try:
             sessions[g.precision] = session = open_session(g.path, g.precision)

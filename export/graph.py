@@ -27,7 +27,8 @@ compare the result with the original model:
   maximum was, as torch's indices) computed in the encoder from strided slices, and unpooling as
   nearest upsampling times that mask (no MaxPool indices, no MaxUnpool, no int64 index tensors);
   the 2x2/2 full convolution of the head as a 1x1 convolution to 4K channels whose argmax is taken
-  per sub-position before the uint8 mask is interleaved (`ExportENet.forward_mask`).
+  per sub-position (`ExportENet.graph_scores`) and the class index interleaved as float
+  (`ExportENet.scores_to_image`).
 """
 from __future__ import annotations
 
@@ -210,7 +211,7 @@ class ExportUpsamplingBottleneck(nn.Module):
 
 
 class ExportENet(nn.Module):
-    """ENet's forward on the swapped submodules, with `forward_mask`: the class map straight from the
+    """ENet's forward on the swapped submodules, with `graph_scores`: the class scores straight from the
     last layer. The 2x2/2 full convolution is a 1x1 convolution to K*4 channels; the argmax runs per
     sub-position on those (N, K, 4, h, w) and only the uint8 result is interleaved to (N, H, W)."""
 
@@ -246,12 +247,18 @@ class ExportENet(nn.Module):
         n, k, h, w = logits.shape
         return logits.reshape(n, k, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(n, k, 4, h // 2, w // 2)
 
-    def forward_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) with H, W multiples of 8 -> uint8 (N, H, W) class indices."""
+    def graph_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) with H, W multiples of 8 -> class scores (N, K, 4, H/2, W/2): the 1x1 head, one score
+        per class and sub-position of each 2x2 output block."""
         y = F.conv2d(self.features(x), self.head_weight.to(x.dtype), self.head_bias.to(x.dtype))
         n, _, h, w = y.shape
-        sub = y.view(n, self.num_classes, 4, h, w).argmax(1).to(torch.uint8)  # (N, 4, h, w)
-        return sub.view(n, 2, 2, h, w).permute(0, 3, 1, 4, 2).reshape(n, 2 * h, 2 * w)
+        return y.view(n, self.num_classes, 4, h, w)
+
+    @staticmethod
+    def scores_to_image(t: torch.Tensor) -> torch.Tensor:
+        """(N, C, 4, h, w) per sub-position -> (N, C, 2h, 2w): the 2x2 blocks interleaved into the image."""
+        n, c, _, h, w = t.shape
+        return t.view(n, c, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c, 2 * h, 2 * w)
 
 
 def _fold_conv_bn(model: nn.Module) -> None:
@@ -316,8 +323,8 @@ class _Preprocess(nn.Module):
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, channels, 1, 1) * 255.0)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        # Transpose the uint8 bytes (a quarter of the float traffic), then cast and normalise.
-        return (image.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        # Cast first: TensorRT takes a uint8 tensor only straight into a Cast (export.structure).
+        return (image.float().permute(0, 3, 1, 2) - self.mean) / self.std
 
 
 class SegmentationGraph(nn.Module):
@@ -341,13 +348,15 @@ class SegmentationGraph(nn.Module):
             pad_w = (self.multiple - w % self.multiple) % self.multiple
             x = F.pad(x, [0, pad_w, 0, pad_h])
         x = x.to(self.compute_dtype)
-        if hasattr(self.model, "forward_mask"):
-            mask = self.model.forward_mask(x)
-        else:
-            mask = self.model(x).argmax(1).to(torch.uint8)
+        scores = self.model.graph_scores(x) if hasattr(self.model, "graph_scores") else self.model(x)
+        # The class index as float (exact up to 2**24), interleaved and cropped there; the uint8 mask is
+        # made by the very last node, a Cast (TensorRT's UINT8 rule, export.structure).
+        mask = scores.argmax(1, keepdim=True).float()
+        if hasattr(self.model, "scores_to_image"):
+            mask = self.model.scores_to_image(mask)
         if self.multiple > 1:
-            mask = mask[:, :h, :w]
-        return mask
+            mask = mask[:, :, :h, :w]
+        return mask[:, 0].to(torch.uint8)
 
     def graph_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """The model's (N, K, H, W) logits in the layout of the graph's ArgMax input (sides multiples of 8)."""

@@ -75,7 +75,8 @@ def test_enet_exports_fp32_and_fp16_passing_the_checks(enet_export):
     names = [r.name for r in result.checks]
     assert all(r.passed for r in result.checks)
     for needed in ("FP32 logits vs PyTorch", "FP32 classes vs PyTorch", "FP32 batch 1 and 8", "FP32 other size",
-                   "FP16 finite", "FP16 classes vs FP32", "FP16 batch 1 and 8", "FP32 op set", "FP16 op set"):
+                   "FP16 finite", "FP16 classes vs FP32", "FP16 batch 1 and 8", "FP32 op set", "FP16 op set",
+                   "FP32 uint8 rule", "FP16 uint8 rule"):
         assert needed in names
     assert (result.path / "1" / "model.fp32.onnx").is_file() and (result.path / "1" / "model.fp16.onnx").is_file()
 
