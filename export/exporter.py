@@ -129,7 +129,6 @@ def _export(arch: str, repository: Path | None, name: str | None, *, weights: Pa
         m = max(1, spec.size_multiple)
         h, w = (-(-64 // m) * m, -(-96 // m) * m)
     sample = torch.zeros(1, h, w, spec.input_channels, dtype=torch.uint8)
-    output_name = "mask" if spec.task == "segment" else "probabilities"
     metadata = {"name": name, "architecture": arch, "task": spec.task}
     with staging(repository, name) as staged:
         graphs = []
@@ -139,7 +138,7 @@ def _export(arch: str, repository: Path | None, name: str | None, *, weights: Pa
             try:
                 if precision == "fp16" and fp16_method == "convert":
                     raise NotImplementedError("asked for the onnxconverter-common conversion")
-                export_onnx(module, sample, path, output_name=output_name, dynamic_size=spec.task == "segment",
+                export_onnx(module, sample, path, output_names=module.output_names, dynamic_size=spec.task == "segment",
                             metadata={**metadata, "precision": precision})
             except (RuntimeError, NotImplementedError) as e:
                 if precision != "fp16" or "fp32" not in precisions:
@@ -149,7 +148,8 @@ def _export(arch: str, repository: Path | None, name: str | None, *, weights: Pa
                 convert_onnx_to_fp16(staged / str(VERSION) / FILE_NAMES["fp32"], path)
                 notes.append(f"fp16: converted from the fp32 graph with onnxconverter-common ({str(e).splitlines()[0][:120]})")
             graphs.append(checks_mod.Graph(precision, path, module))
-        results = checks_mod.run_checks(model, spec, k, graphs, trained=loaded is not None) if check else []
+        results = (checks_mod.run_checks(model, spec, k, graphs, trained=loaded is not None) if check
+                   else checks_mod.run_structure_checks(spec, k, graphs))
         config = build_config(name=name, arch=arch, spec=spec, num_classes=k, model_dir=staged,
                               precisions=precisions, parameters=parameters, gflops=gflops, weights=loaded,
                               opset=OPSET)

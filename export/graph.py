@@ -4,12 +4,14 @@
 `ClassificationGraph`, the module that torch.onnx exports:
 
 - in: `image` uint8 (N, H, W, C), RGB or grayscale, NHWC;
-- pre: NHWC -> NCHW on the bytes, cast to float32, `(x - 255 mean) / (255 std)` (what training's
+- pre: cast to float32, NHWC -> NCHW, `(x - 255 mean) / (255 std)` (what training's
   `Normalize` does); segmentation graphs zero-pad the normalised image to multiples of
   `spec.size_multiple` (as ENet's own forward does) and crop the mask back, so any H, W work;
 - the model, in float32 or float16 (`precision`);
-- post: segmentation `mask` uint8 (N, H, W), the argmax over the classes; classification
-  `probabilities` float32 (N, K), the softmax (computed in float32 in FP16 graphs too).
+- post: segmentation `mask` uint8 (N, H, W), the argmax over the classes, and `confidence` uint8
+  (N, H, W), the top class's softmax probability x 255 (rounded), both cropped and interleaved as
+  float and each made by a final Cast (TensorRT's UINT8 rule); classification `probabilities`
+  float32 (N, K), the softmax (computed in float32 in FP16 graphs too).
 
 Before export, `swap_for_export` replaces modules by export-time equivalents that compute the
 same function with ops onnxruntime runs fast and that every execution provider has, on a copy of
@@ -38,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from enet_serve.model_config import TASKS
 from enet_serve.models.registry import ModelSpec
 
 
@@ -163,9 +166,13 @@ def first_max_mask_2x2(x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
     the mask is nearest-upsampled k == each pixel's own position. Ties are common at ENet's first
     pooling (flat image regions give equal values in a window), so they must go where PyTorch puts them.
     """
-    lt = [(_Window2x2.apply(x, i, j) < pooled).to(x.dtype) for i, j in ((0, 0), (0, 1), (1, 0))]
+    # Compared in float32 also in FP16 graphs (a no-op in FP32 ones): a GPU runtime picks each layer's
+    # precision itself, and float32 copies of float16 values compare exactly whatever it picks
+    # (export.structure.inexact_comparisons checks it).
+    x32, pooled32 = x.float(), pooled.float()
+    lt = [(_Window2x2.apply(x32, i, j) < pooled32).float() for i, j in ((0, 0), (0, 1), (1, 0))]
     k = lt[0] * (1 + lt[1] * (1 + lt[2]))
-    position = _window_position(x.shape[2], x.shape[3], x.dtype, x.device)
+    position = _window_position(x.shape[2], x.shape[3], torch.float32, x.device)
     return (F.interpolate(k, scale_factor=2.0, mode="nearest") == position).to(x.dtype)
 
 
@@ -327,10 +334,20 @@ class _Preprocess(nn.Module):
         return (image.float().permute(0, 3, 1, 2) - self.mean) / self.std
 
 
-class SegmentationGraph(nn.Module):
-    """uint8 (N, H, W, C) -> mask uint8 (N, H, W)."""
+def top_probability_255(scores: torch.Tensor) -> torch.Tensor:
+    """The softmax's largest value over axis 1 times 255, rounded, in float32: 255 / sum(exp(s - max s)).
 
-    output_names = ["mask"]
+    float32 also in FP16 graphs (as the classifiers' softmax). Rounded here, so that the final Cast to
+    uint8 sees whole numbers and any runtime's Cast (truncating or rounding) gives the same byte; the
+    sum is >= 1 (the max's own term), so the value stays within 0..255."""
+    s = scores.float()
+    return torch.round(255.0 / torch.exp(s - s.amax(1, keepdim=True)).sum(1, keepdim=True))
+
+
+class SegmentationGraph(nn.Module):
+    """uint8 (N, H, W, C) -> mask uint8 (N, H, W), confidence uint8 (N, H, W)."""
+
+    output_names = [o.name for o in TASKS["segment"].outputs]
 
     def __init__(self, model: nn.Module, spec: ModelSpec, compute_dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -339,7 +356,7 @@ class SegmentationGraph(nn.Module):
         self.multiple = max(1, int(spec.size_multiple))
         self.compute_dtype = compute_dtype
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.pre(image)
         h, w = x.shape[2], x.shape[3]
         if self.multiple > 1:
@@ -349,14 +366,15 @@ class SegmentationGraph(nn.Module):
             x = F.pad(x, [0, pad_w, 0, pad_h])
         x = x.to(self.compute_dtype)
         scores = self.model.graph_scores(x) if hasattr(self.model, "graph_scores") else self.model(x)
-        # The class index as float (exact up to 2**24), interleaved and cropped there; the uint8 mask is
-        # made by the very last node, a Cast (TensorRT's UINT8 rule, export.structure).
-        mask = scores.argmax(1, keepdim=True).float()
+        # The class index as float (exact up to 2**24) beside the confidence, both whole numbers:
+        # interleaved and cropped together, in float; each uint8 output is made by the very last
+        # node, a Cast (TensorRT's UINT8 rule, export.structure).
+        out = torch.cat([scores.argmax(1, keepdim=True).float(), top_probability_255(scores)], 1)
         if hasattr(self.model, "scores_to_image"):
-            mask = self.model.scores_to_image(mask)
+            out = self.model.scores_to_image(out)
         if self.multiple > 1:
-            mask = mask[:, :, :h, :w]
-        return mask[:, 0].to(torch.uint8)
+            out = out[:, :, :h, :w]
+        return out[:, 0].to(torch.uint8), out[:, 1].to(torch.uint8)
 
     def graph_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """The model's (N, K, H, W) logits in the layout of the graph's ArgMax input (sides multiples of 8)."""
@@ -366,7 +384,7 @@ class SegmentationGraph(nn.Module):
 class ClassificationGraph(nn.Module):
     """uint8 (N, H, W, C) -> probabilities float32 (N, K)."""
 
-    output_names = ["probabilities"]
+    output_names = [o.name for o in TASKS["classify"].outputs]
 
     def __init__(self, model: nn.Module, spec: ModelSpec, compute_dtype: torch.dtype = torch.float32):
         super().__init__()

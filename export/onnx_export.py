@@ -18,9 +18,9 @@ OPSET = 17
 INPUT_NAME = "image"
 
 
-def export_onnx(module: nn.Module, sample: torch.Tensor, path: Path, *, output_name: str, dynamic_size: bool,
+def export_onnx(module: nn.Module, sample: torch.Tensor, path: Path, *, output_names: list[str], dynamic_size: bool,
                 metadata: dict[str, str] | None = None, opset: int = OPSET) -> onnx.ModelProto:
-    """Export `module` (uint8 NHWC in, one output) to `path`; returns the checked ONNX model."""
+    """Export `module` (uint8 NHWC in, `output_names` out) to `path`; returns the checked ONNX model."""
     input_axes = {0: "N", 1: "H", 2: "W"} if dynamic_size else {0: "N"}
     output_axes = {0: "N", 1: "H", 2: "W"} if dynamic_size else {0: "N"}
     with warnings.catch_warnings(), torch.no_grad():
@@ -30,8 +30,8 @@ def export_onnx(module: nn.Module, sample: torch.Tensor, path: Path, *, output_n
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
         torch.onnx.export(
             module, (sample,), str(path), dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[output_name],
-            dynamic_axes={INPUT_NAME: input_axes, output_name: output_axes},
+            input_names=[INPUT_NAME], output_names=list(output_names),
+            dynamic_axes={INPUT_NAME: input_axes, **{name: output_axes for name in output_names}},
             do_constant_folding=True,
         )
     model = onnx.load(str(path))

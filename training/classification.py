@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from enet_serve.models import get_model, get_spec
 from enet_serve.training.checkpoint import ship_weights
-from enet_serve.training.common import Normalize, hardware, pick_device, seed_everything, torch_predictor
+from enet_serve.training.common import (Normalize, hardware, pick_device, seed_everything, to_native_size,
+                                        torch_predictor)
 from enet_serve.training.datasets import FashionMNIST
 from enet_serve.training.run import TrainingRun
 
@@ -31,14 +32,6 @@ class ClassificationRecipe:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
-
-
-def to_native_size(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 (N, C, h, w) -> uint8 (N, C, H, W), bilinear, as the service's resize does."""
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    out = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-    return out.round().clamp(0, 255).to(torch.uint8)
 
 
 def augment(images: torch.Tensor, pad: int = 2) -> torch.Tensor:

@@ -72,6 +72,16 @@ class Normalize(torch.nn.Module):
         return (images.float() - self.mean) / self.std
 
 
+def to_native_size(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 (N, C, h, w) -> uint8 (N, C, H, W), bilinear with antialiasing, as the service's resize does.
+    The one resize of training, evaluation and the export's parity inputs."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    out = torch.nn.functional.interpolate(images.float(), size=size, mode="bilinear", align_corners=False,
+                                          antialias=True)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
 def torch_predictor(model: torch.nn.Module, normalize: Normalize, device: torch.device):
     """predict(uint8 NCHW) -> class indices (argmax over dim 1: classes, or classes per pixel)."""
 

@@ -14,8 +14,8 @@ import torch
 from enet_serve.model_config import CONFIG_NAME, load_config
 from enet_serve.models import get_model, get_spec
 from enet_serve.models.labels import load_labels
-from enet_serve.training.classification import evaluate_classification, to_native_size
-from enet_serve.training.common import Normalize, pick_device, torch_predictor
+from enet_serve.training.classification import evaluate_classification
+from enet_serve.training.common import Normalize, pick_device, to_native_size, torch_predictor
 from enet_serve.paths import DEFAULT_CAMVID, DEFAULT_FASHION_MNIST, DEFAULT_REPOSITORY, WEIGHTS_DIR
 from enet_serve.training.datasets import CamVid, FashionMNIST
 from enet_serve.training.segmentation import evaluate_segmentation

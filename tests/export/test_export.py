@@ -76,7 +76,8 @@ def test_enet_exports_fp32_and_fp16_passing_the_checks(enet_export):
     assert all(r.passed for r in result.checks)
     for needed in ("FP32 logits vs PyTorch", "FP32 classes vs PyTorch", "FP32 batch 1 and 8", "FP32 other size",
                    "FP16 finite", "FP16 classes vs FP32", "FP16 batch 1 and 8", "FP32 op set", "FP16 op set",
-                   "FP32 uint8 rule", "FP16 uint8 rule"):
+                   "FP32 uint8 rule", "FP16 uint8 rule", "FP32 confidence vs PyTorch", "FP16 confidence vs FP32",
+                   "FP16 exact comparisons"):
         assert needed in names
     assert (result.path / "1" / "model.fp32.onnx").is_file() and (result.path / "1" / "model.fp16.onnx").is_file()
 
@@ -91,16 +92,20 @@ def test_enet_graphs_hold_no_maxunpool_nor_cpu_only_ops(enet_export):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_enet_graph_contract_uint8_nhwc_in_uint8_mask_out(enet_export, precision):
+def test_enet_graph_contract_uint8_nhwc_in_uint8_mask_and_confidence_out(enet_export, precision):
     result, _, _ = enet_export
     graph = onnx.load(str(result.path / "1" / f"model.{precision}.onnx")).graph
     (inp,) = graph.input
     assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = inp.type.tensor_type.shape.dim
     assert [bool(d.dim_param) for d in dims] == [True, True, True, False] and dims[3].dim_value == 3
-    out = graph.output[0]
-    assert out.name == "mask" and out.type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    assert len(out.type.tensor_type.shape.dim) == 3
+    assert [o.name for o in graph.output] == ["mask", "confidence"]
+    producers = {out: n for n in graph.node for out in n.output}
+    for out in graph.output:
+        assert out.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+        assert len(out.type.tensor_type.shape.dim) == 3
+        assert producers[out.name].op_type == "Cast"  # TensorRT's UINT8 rule
+    assert [n.op_type for n in graph.node if "image" in n.input] == ["Cast"]
     if precision == "fp16":  # the network computes in half: its convolution weights are float16
         inits = {i.name: i.data_type for i in graph.initializer}
         conv_w = [inits[n.input[1]] for n in graph.node if n.op_type == "Conv" and n.input[1] in inits]
@@ -113,11 +118,14 @@ def test_enet_mask_has_the_input_size_and_matches_pytorch(enet_export, size):
     result, _, model = enet_export
     g = torch.Generator().manual_seed(sum(size))
     images = torch.randint(0, 256, (2, *size, 3), dtype=torch.uint8, generator=g)
-    mask = session(result.path / "1" / "model.fp32.onnx").run(None, {"image": images.numpy()})[0]
-    assert mask.dtype == np.uint8 and mask.shape == (2, *size)
+    mask, confidence = session(result.path / "1" / "model.fp32.onnx").run(None, {"image": images.numpy()})
+    assert mask.dtype == confidence.dtype == np.uint8 and mask.shape == confidence.shape == (2, *size)
     with torch.no_grad():
-        expected = model(normalise(images, models.get_spec("enet"))).argmax(1).numpy()
-    assert (mask == expected).mean() >= 0.999
+        logits = model(normalise(images, models.get_spec("enet")))
+    assert (mask == logits.argmax(1).numpy()).mean() >= 0.999
+    # the top class's probability x 255, cropped and interleaved like the mask
+    expected = (torch.softmax(logits, 1).amax(1) * 255).round().numpy()
+    assert (np.abs(confidence.astype(int) - expected) <= 1).mean() >= 0.999
 
 
 def test_unpooling_mask_keeps_the_first_maximum_like_torch_indices():
@@ -166,7 +174,8 @@ def test_enet_config_json_follows_the_repository_schema(enet_export):
     assert config["name"] == "enet-test" and config["architecture"] == "enet" and config["task"] == "segment"
     assert config["input"] == {"name": "image", "dtype": "uint8", "layout": "NHWC", "channels": 3, "height": 360,
                                "width": 480, "dynamic_size": True, "size_multiple": 8}
-    assert config["outputs"] == [{"name": "mask", "dtype": "uint8", "shape": ["N", "H", "W"]}]
+    assert config["outputs"] == [{"name": "mask", "dtype": "uint8", "shape": ["N", "H", "W"]},
+                                 {"name": "confidence", "dtype": "uint8", "shape": ["N", "H", "W"]}]
     assert len(config["labels"]) == len(config["colors"]) == 11
     assert config["void"]["index"] == 11
     spec = models.get_spec("enet")
