@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="an argument of the architecture's builder (repeatable), e.g. transform_input=true for "
                    "torchvision's googlenet/inception_v3 weights; VALUE is read as JSON (true, 0.2, \"text\") "
                    "or else as a string")
-    p.add_argument("--precision", default="fp32,fp16", help="comma-separated: fp32, fp16 (default: both)")
+    p.add_argument("--precision", default="fp32,fp16", help="comma-separated: fp32, fp16 (default: both; with fp32, models with CPU-only "
+                   "rewrites also get fp32_gpu, the FP32 graph for GPUs)")
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
                    help=f"model repository directory (default: {DEFAULT_REPOSITORY})")
     p.add_argument("--no-check", action="store_true", help="skip the checks against PyTorch (not for shipping)")
@@ -30,12 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from enet_serve.export.errors import ExportError
-    from enet_serve.export.exporter import export
+    from enet_serve.export.exporter import ExportOptions, export
 
     try:
-        result = export(args.arch, args.repository, args.name, weights=args.weights, random_init=args.random_init,
-                        num_classes=args.num_classes, precisions=args.precision, check=not args.no_check,
-                        builder_args=parse_builder_args(args.builder_args))
+        options = ExportOptions(weights=args.weights, random_init=args.random_init, num_classes=args.num_classes,
+                                precisions=args.precision, check=not args.no_check,
+                                builder_args=parse_builder_args(args.builder_args))
+        result = export(args.arch, args.repository, args.name, options)
     except ExportError as e:
         print(f"enet-serve export: error: {e}", file=sys.stderr)
         return 1

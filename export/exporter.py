@@ -1,4 +1,8 @@
-"""export_model: one architecture + weights -> <repository>/<name>/{config.json, 1/model.fp32.onnx, 1/model.fp16.onnx}."""
+"""export_model: one architecture + weights -> <repository>/<name>/{config.json, 1/model.<key>.onnx}.
+
+The files: `fp32` (for CPUs), `fp16` (for GPUs) and, where the FP32 graph carries CPU-only rewrites
+(ENet's PReLU as convolutions), `fp32_gpu`: the FP32 graph without them, for GPUs.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -11,15 +15,28 @@ from torch import nn
 from enet_serve.export import checks as checks_mod
 from enet_serve.export.errors import ExportError
 from enet_serve.export.fp16 import convert_onnx_to_fp16
-from enet_serve.export.graph import build_graph_module
+from enet_serve.export.graph import build_graph_module, cpu_rewrites_apply
 from enet_serve.export.onnx_export import OPSET, export_onnx
 from enet_serve.export.repository import (DEFAULT_REPOSITORY, FILE_NAMES, VERSION, build_config, check_name, publish, staging,
                                write_config)
 from enet_serve.export.weights import Weights, load_into, read_weights
+from enet_serve.model_config import TASKS
 from enet_serve.models.registry import ModelSpec, get_model, get_spec
 
 PRECISIONS = ("fp32", "fp16")
 RANDOM_INIT_SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    """How to export one model (everything but which architecture, where and under what name)."""
+    weights: Path | None = None  # a torchvision .pth or a training checkpoint ...
+    random_init: bool = False  # ... or random weights: exactly one of the two
+    num_classes: int | None = None  # default: the checkpoint's, else the architecture's
+    precisions: tuple[str, ...] | str = PRECISIONS  # "fp32", "fp16" (a tuple or "fp32,fp16")
+    check: bool = True  # the checks against PyTorch (the file's own checks always run)
+    fp16_method: str = "torch"  # "torch": trace the model in half; "convert": onnxconverter-common
+    builder_args: dict | None = None  # arguments of the architecture's builder, recorded in config.json
 
 
 @dataclasses.dataclass
@@ -87,7 +104,7 @@ def count_gflops(model: nn.Module, spec: ModelSpec) -> float:
 def torch_threads(n: int):
     """PyTorch with `n` intra-op threads for a while. The export's PyTorch work is small (one traced
     forward per graph, the reference outputs of a few images), and on a shared, busy CPU OpenMP's
-    waiting threads made it hundreds of times slower than one thread (ENet, 2 cores: 3.6 s vs 0.012 s)."""
+    waiting threads made it hundreds of times slower than one thread (BENCHMARKS.md)."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -96,29 +113,42 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def export(arch: str, repository: Path | None = None, name: str | None = None, *, weights: Path | None = None,
-           random_init: bool = False, num_classes: int | None = None, precisions=PRECISIONS,
-           check: bool = True, fp16_method: str = "torch", builder_args: dict | None = None) -> ExportResult:
-    """Like `export_model`, with the check results and notes (for the CLI)."""
+def _graphs_to_write(model: nn.Module, precisions: list[str]) -> list[str]:
+    """The graph files for `precisions`: with FP32, also `fp32_gpu` (the FP32 graph without the
+    CPU-only rewrites, for GPUs) where the model has such rewrites; FP32 first (the FP16 check
+    compares with it)."""
+    keys = list(precisions)
+    if "fp32" in keys and cpu_rewrites_apply(model):
+        keys.insert(keys.index("fp32") + 1, "fp32_gpu")
+    return keys
+
+
+def export(arch: str, repository: Path | None = None, name: str | None = None,
+           options: ExportOptions | None = None, **fields) -> ExportResult:
+    """Like `export_model`, with the check results and notes (for the CLI). The options as an
+    `ExportOptions` or as its fields (`weights=...`, `random_init=True`, ...), not both."""
+    if options is not None and fields:
+        raise ExportError(f"give options or {', '.join(sorted(fields))}, not both")
+    try:
+        options = options or ExportOptions(**fields)
+    except TypeError as e:
+        raise ExportError(str(e)) from None
     with torch_threads(1):
-        return _export(arch, repository, name, weights=weights, random_init=random_init, num_classes=num_classes,
-                       precisions=precisions, check=check, fp16_method=fp16_method, builder_args=builder_args)
+        return _export(arch, repository, name, options)
 
 
-def _export(arch: str, repository: Path | None, name: str | None, *, weights: Path | None, random_init: bool,
-            num_classes: int | None, precisions, check: bool, fp16_method: str,
-            builder_args: dict | None) -> ExportResult:
+def _export(arch: str, repository: Path | None, name: str | None, options: ExportOptions) -> ExportResult:
     spec = _spec(arch)
     name = check_name(name or arch)
     repository = Path(repository) if repository is not None else DEFAULT_REPOSITORY
-    precisions = _precisions(precisions)
-    if (weights is None) == (not random_init):
+    precisions = _precisions(options.precisions)
+    if (options.weights is None) == (not options.random_init):
         raise ExportError("give exactly one of weights=FILE and random_init=True")
-    if num_classes is not None and num_classes < 1:
-        raise ExportError(f"num_classes must be positive, not {num_classes}")
+    if options.num_classes is not None and options.num_classes < 1:
+        raise ExportError(f"num_classes must be positive, not {options.num_classes}")
 
-    loaded = read_weights(Path(weights)) if weights is not None else None
-    model, k = build_model(arch, spec, loaded, num_classes, builder_args)
+    loaded = read_weights(Path(options.weights)) if options.weights is not None else None
+    model, k = build_model(arch, spec, loaded, options.num_classes, options.builder_args)
     parameters = sum(p.numel() for p in model.parameters())
     gflops = spec.gflops if spec.gflops > 0 and k == spec.num_classes else count_gflops(model, spec)
     notes: list[str] = []
@@ -130,46 +160,48 @@ def _export(arch: str, repository: Path | None, name: str | None, *, weights: Pa
         h, w = (-(-64 // m) * m, -(-96 // m) * m)
     sample = torch.zeros(1, h, w, spec.input_channels, dtype=torch.uint8)
     metadata = {"name": name, "architecture": arch, "task": spec.task}
+    keys = _graphs_to_write(model, precisions)
     with staging(repository, name) as staged:
         graphs = []
-        for precision in precisions:
-            path = staged / str(VERSION) / FILE_NAMES[precision]
-            module = build_graph_module(model, spec, precision)
+        for key in keys:
+            path = staged / str(VERSION) / FILE_NAMES[key]
+            module = build_graph_module(model, spec, key)
             try:
-                if precision == "fp16" and fp16_method == "convert":
+                if key == "fp16" and options.fp16_method == "convert":
                     raise NotImplementedError("asked for the onnxconverter-common conversion")
-                export_onnx(module, sample, path, output_names=module.output_names, dynamic_size=spec.task == "segment",
-                            metadata={**metadata, "precision": precision})
+                export_onnx(module, sample, path, output_names=module.output_names,
+                            dynamic_size=TASKS[spec.task].dynamic_size, metadata={**metadata, "precision": key})
             except (RuntimeError, NotImplementedError) as e:
-                if precision != "fp16" or "fp32" not in precisions:
-                    raise ExportError(f"torch.onnx could not export {arch} ({precision}): "
+                if key != "fp16" or "fp32" not in keys:
+                    raise ExportError(f"torch.onnx could not export {arch} ({key}): "
                                       f"{str(e).strip().splitlines()[0][:300]}") from e
-                # PyTorch could not trace the model in half on this CPU: convert the FP32 graph instead.
-                convert_onnx_to_fp16(staged / str(VERSION) / FILE_NAMES["fp32"], path)
-                notes.append(f"fp16: converted from the fp32 graph with onnxconverter-common ({str(e).splitlines()[0][:120]})")
-            graphs.append(checks_mod.Graph(precision, path, module))
-        results = (checks_mod.run_checks(model, spec, k, graphs, trained=loaded is not None) if check
+                # PyTorch could not trace the model in half on this CPU: convert an FP32 graph instead
+                # (the GPU one where there is one: FP16 graphs are for GPUs).
+                source = "fp32_gpu" if "fp32_gpu" in keys else "fp32"
+                convert_onnx_to_fp16(staged / str(VERSION) / FILE_NAMES[source], path)
+                notes.append(f"fp16: converted from the {source} graph with onnxconverter-common "
+                             f"({str(e).splitlines()[0][:120]})")
+            graphs.append(checks_mod.Graph(key, path, module))
+        results = (checks_mod.run_checks(model, spec, k, graphs, trained=loaded is not None) if options.check
                    else checks_mod.run_structure_checks(spec, k, graphs))
         config = build_config(name=name, arch=arch, spec=spec, num_classes=k, model_dir=staged,
-                              precisions=precisions, parameters=parameters, gflops=gflops, weights=loaded,
+                              precisions=keys, parameters=parameters, gflops=gflops, weights=loaded,
                               opset=OPSET)
-        if builder_args:
-            config["builder_args"] = dict(builder_args)
+        if options.builder_args:
+            config["builder_args"] = dict(options.builder_args)
         write_config(staged, config)
         final = publish(staged, repository, name)
     return ExportResult(final, config, results, notes)
 
 
-def export_model(arch: str, repository: Path, name: str | None = None, *, weights: Path | None = None,
-                 random_init: bool = False, num_classes: int | None = None, precisions=("fp32", "fp16"),
-                 check: bool = True, builder_args: dict | None = None) -> Path:
+def export_model(arch: str, repository: Path, name: str | None = None, **options) -> Path:
     """Export architecture `arch` to `repository/name` (default name: `arch`); returns the model's directory.
 
-    Exactly one of `weights` (a torchvision .pth or a training checkpoint) and `random_init=True`.
+    `options` are ExportOptions' fields: exactly one of `weights` (a torchvision .pth or a training
+    checkpoint) and `random_init=True`; `num_classes`, `precisions`, `check`, `builder_args`.
     With `check` (the default) the graphs are checked against PyTorch first (see export.checks);
     nothing is written unless every check passed. `builder_args` go to the architecture's builder
     and are recorded in config.json. Raises WeightsError for weight files that are
     missing, unreadable or do not fit, ExportCheckError for a failed check, ExportError otherwise.
     """
-    return export(arch, repository, name, weights=weights, random_init=random_init, num_classes=num_classes,
-                  precisions=precisions, check=check, builder_args=builder_args).path
+    return export(arch, repository, name, **options).path

@@ -19,9 +19,12 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
+from enet_serve.export.structure import COMPARISON_OPS
+
 # Ops that stay in float32 in a converted graph: the converter's defaults (Resize, Range, TopK, ...,
-# whose extra inputs must stay float32) and the reductions of the output heads.
-EXTRA_FP32_OPS = ["ArgMax", "Softmax"]
+# whose extra inputs must stay float32), the reductions of the output heads, and comparisons (exact on
+# float32 copies of float16 values, which export.structure.inexact_comparisons checks).
+EXTRA_FP32_OPS = ["ArgMax", "Softmax", *COMPARISON_OPS]
 
 
 def _fix_cast_targets(model: onnx.ModelProto) -> int:

@@ -4,10 +4,11 @@ The layout follows Table 1 of the paper: an initial block, five stages of bottle
 downsampling, dilated, asymmetric, upsampling), PReLU in the encoder and ReLU in the decoder,
 spatial dropout (0.01 in stage 1, 0.1 after) and a 2x2 full convolution as the head.
 
-Unpooling is written with plain tensor ops (nearest upsampling of the values and of the
-max-pool indices, compared with a grid of positions) instead of `nn.MaxUnpool2d`: it exports
-to ONNX as Resize/Equal/Where, which onnxruntime's CUDA and TensorRT providers run, where
-MaxUnpool has only a CPU kernel and does not trace with a dynamic output size.
+The encoder's max-pools keep their indices and the decoder unpools with them (`max_unpool2x`, the
+same as `F.max_unpool2d` with plain tensor ops), as in the paper. The exported graph does not use
+indices: ENet's export form (models/enet_export.py, named by the spec's `export_form`) finds each
+2x2 window's first maximum from strided slices and unpools by nearest upsampling times that mask,
+with no MaxUnpool (a CPU-only kernel in onnxruntime) and no int64 index tensors.
 """
 from __future__ import annotations
 
@@ -185,6 +186,12 @@ class ENet(nn.Module):
         return x
 
 
+def _export_form(model: ENet) -> nn.Module:
+    from enet_serve.models.enet_export import export_form  # it builds on this module's classes
+
+    return export_form(model)
+
+
 @register_model(
     name="enet",
     task="segment",
@@ -203,6 +210,8 @@ class ENet(nn.Module):
     paper="Paszke, Chaurasia, Kim, Culurciello 2016, ENet: A Deep Neural Network Architecture for "
           "Real-Time Semantic Segmentation, arXiv:1606.02147",
     size_multiple=SIZE_MULTIPLE,
+    export_form=_export_form,
 )
 def enet(num_classes: int = 11, in_channels: int = 3) -> ENet:
     return ENet(num_classes=num_classes, in_channels=in_channels)
+

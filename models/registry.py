@@ -32,6 +32,9 @@ class ModelSpec:
     paper: str
     torchvision_compatible: bool = False  # state_dict keys and shapes equal torchvision's
     size_multiple: int = 1  # input sides must be multiples of this (segmentation models pad to it)
+    # The model's export form: (float32 eval copy, which it may change) -> the module export wraps;
+    # None: the model as it is. Written beside the model (e.g. models/enet_export.py).
+    export_form: Callable[[nn.Module], nn.Module] | None = None
 
 
 # Spec fields shared by the ImageNet-1k classifiers: `@register_model(name=..., **IMAGENET_CLASSIFIER, ...)`.

@@ -18,7 +18,8 @@ from enet_serve import models
 from enet_serve.export import ExportCheckError, ExportError, WeightsError, export_model
 from enet_serve.export.checks import DENY_OPS, normalise
 from enet_serve.export.exporter import export
-from enet_serve.export.graph import ExportPReLU, build_graph_module, first_max_mask_2x2, swap_for_export, unpool_2x
+from enet_serve.export.graph import ExportPReLU, build_graph_module, swap_for_export
+from enet_serve.models.enet_export import first_max_mask_2x2, unpool_2x
 from enet_serve.model_config import sha256_file
 
 CONFIG_KEYS = {"name", "architecture", "task", "version", "input", "outputs", "normalization", "labels", "files",
@@ -61,6 +62,7 @@ def enet_export(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("enet")
     weights = enet_checkpoint(tmp / "enet-test.pth")
     result = export("enet", tmp / "repo", "enet-test", weights=weights, precisions=("fp32", "fp16"))
+    assert list(result.config["files"]) == ["fp32", "fp32_gpu", "fp16"]
     model = models.get_model("enet")
     model.load_state_dict(torch.load(weights, weights_only=True)["model"])
     return result, weights, model.eval()
@@ -84,11 +86,29 @@ def test_enet_exports_fp32_and_fp16_passing_the_checks(enet_export):
 
 def test_enet_graphs_hold_no_maxunpool_nor_cpu_only_ops(enet_export):
     result, _, _ = enet_export
-    for precision in ("fp32", "fp16"):
+    for precision in ("fp32", "fp32_gpu", "fp16"):
         ops = {n.op_type for n in onnx.load(str(result.path / "1" / f"model.{precision}.onnx")).graph.node}
         assert "MaxUnpool" not in ops
         assert not ops & set(DENY_OPS)
-        assert "PRelu" not in ops or precision == "fp16"  # FP32 (CPU) graphs use the NCHWc-friendly form
+        # the FP32 graph for CPUs uses the NCHWc-friendly form of PReLU; the GPU graphs keep PRelu
+        assert ("PRelu" in ops) == (precision != "fp32")
+
+
+def test_enet_gpu_graph_gives_the_cpu_graphs_answers(enet_export):
+    result, _, _ = enet_export
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (2, 72, 104, 3), dtype=torch.uint8, generator=g).numpy()
+    cpu = session(result.path / "1" / "model.fp32.onnx").run(None, {"image": images})
+    gpu = session(result.path / "1" / "model.fp32_gpu.onnx").run(None, {"image": images})
+    assert (cpu[0] == gpu[0]).mean() >= 0.999
+    assert (np.abs(cpu[1].astype(int) - gpu[1].astype(int)) <= 1).mean() >= 0.999
+    names = [r.name for r in result.checks]
+    assert {"FP32 GPU classes vs PyTorch", "FP32 GPU confidence vs PyTorch", "FP32 GPU uint8 rule"} <= set(names)
+
+
+def test_lenet5_has_no_gpu_graph(lenet_dir):
+    """A model without CPU-only rewrites gets no fp32_gpu file: it would be the FP32 graph again."""
+    assert sorted(p.name for p in (lenet_dir / "1").iterdir()) == ["model.fp16.onnx", "model.fp32.onnx"]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -150,7 +170,7 @@ def test_export_time_swaps_compute_the_same_as_enet():
             m.weight.data.uniform_(-0.5, 1.5)
     x = torch.randn(2, 3, 64, 96)
     x[:, :, :32] = 0.25  # a flat region: 2x2 windows tie
-    swapped = swap_for_export(model)
+    swapped = swap_for_export(model, models.get_spec("enet"))
     with torch.no_grad():
         a, b = model(x), swapped(x)
     assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.999
@@ -180,7 +200,8 @@ def test_enet_config_json_follows_the_repository_schema(enet_export):
     assert config["void"]["index"] == 11
     spec = models.get_spec("enet")
     assert config["normalization"] == {"mean": list(spec.mean), "std": list(spec.std)}
-    for precision in ("fp32", "fp16"):
+    assert list(config["files"]) == ["fp32", "fp32_gpu", "fp16"]
+    for precision in ("fp32", "fp32_gpu", "fp16"):
         entry = config["files"][precision]
         path = result.path / entry["path"]
         assert entry["sha256"] == sha256_file(path) and entry["bytes"] == path.stat().st_size
