@@ -60,12 +60,10 @@ def register_model(**spec_fields) -> Callable[[Callable[..., nn.Module]], Callab
 
 def list_models(task: Task | None = None) -> list[str]:
     """Sorted names of the registered architectures, optionally only those of one task."""
-    _load_families()
     return sorted(n for n, s in _REGISTRY.items() if task is None or s.task == task)
 
 
 def get_spec(name: str) -> ModelSpec:
-    _load_families()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -75,8 +73,3 @@ def get_spec(name: str) -> ModelSpec:
 def get_model(name: str, **kwargs) -> nn.Module:
     """Build architecture `name` with random weights; kwargs go to its builder (e.g. num_classes)."""
     return get_spec(name).builder(**kwargs)
-
-
-def _load_families() -> None:
-    # Importing the family modules runs their @register_model decorators.
-    from enet_serve.models import FAMILIES  # noqa: F401  (import for side effect)

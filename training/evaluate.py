@@ -44,7 +44,8 @@ def load_trained(name: str, weights: Path) -> tuple[torch.nn.Module, str]:
 
 def evaluate(name: str, data: Path | None = None, repository: Path | None = None, weights: Path | None = None,
              split: str | None = None, limit: int | None = None, drives: tuple[str, ...] | None = None) -> dict:
-    """{"model", "task", "split", "results": {"pytorch": {...}, "onnx-fp32": {...}, "onnx-fp16": {...}}}."""
+    """{"model", "task", "split", "results": {"pytorch": {...}, "onnx-fp32": {...}, "onnx-fp16": {...}}}, with
+    an "onnx-<key>" entry for every file of config.json (e.g. onnx-fp32_gpu)."""
     repository = repository or DEFAULT_REPOSITORY
     config_path = repository / name / CONFIG_NAME
     if not config_path.is_file():
@@ -88,8 +89,9 @@ def format_report(report: dict) -> str:
         rows += [(f"IoU {cls}", [report["results"][c]["per_class_iou"][cls] for c in columns])
                  for cls in first["per_class_iou"]]
     width = max(len(r[0]) for r in rows) + 2
+    column = max(12, *(len(c) + 2 for c in columns))  # "onnx-fp32_gpu" is 13 characters
     lines = [f"{report['model']} on {report['split']} ({report['images']} images)",
-             "".ljust(width) + "".join(c.rjust(12) for c in columns)]
+             "".ljust(width) + "".join(c.rjust(column) for c in columns)]
     for label, values in rows:
-        lines.append(label.ljust(width) + "".join(("-" if v is None else f"{v:.2f}").rjust(12) for v in values))
+        lines.append(label.ljust(width) + "".join(("-" if v is None else f"{v:.2f}").rjust(column) for v in values))
     return "\n".join(lines)
