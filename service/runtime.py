@@ -48,6 +48,31 @@ def require_onnxruntime():
     return ort
 
 
+def installed_runtimes() -> list[str]:
+    """The onnxruntime distributions installed (more than one: they overwrite each other's files)."""
+    from importlib import metadata
+
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(dist)
+    return found
+
+
+def runtime_problem() -> tuple[str, str] | None:
+    """("error", why) when no onnxruntime can be imported; ("warning", why) when both builds are installed."""
+    if ort is None:
+        return "error", NO_RUNTIME
+    found = installed_runtimes()
+    if len(found) > 1:
+        return "warning", (f"both {' and '.join(found)} are installed; they share the onnxruntime package and the one "
+                           "installed last wins: uninstall both and install one (enet-serve[cpu] or enet-serve[gpu])")
+    return None
+
+
 def available_providers() -> list[str]:
     return list(require_onnxruntime().get_available_providers())
 
