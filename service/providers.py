@@ -179,3 +179,60 @@ def trt_options(precision: str, cache_dir: Path, timing_cache_dir: Path, profile
         "trt_max_workspace_size": workspace_bytes,
         **profile.trt_options(),
     }
+
+
+# -- which TensorRT an onnxruntime-gpu build needs ------------------------------------------------------
+# Stdlib only, so the Dockerfile runs this file as a script before the package is installed:
+#   python service/providers.py tensorrt-requirement auto   ->   tensorrt-cu13-libs==10.*
+
+def linked_major(library: Path, soname: str) -> int | None:
+    """The major version of `soname` (e.g. "libnvinfer") that a shared library names in its dependencies."""
+    import re
+
+    try:
+        data = library.read_bytes()
+    except OSError:
+        return None
+    found = re.search(re.escape(soname).encode() + rb"\.so\.(\d+)", data)
+    return int(found.group(1)) if found else None
+
+
+def onnxruntime_capi_dir() -> Path | None:
+    """onnxruntime's capi/ folder (holding the provider libraries), found without importing onnxruntime."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "capi"
+
+
+def tensorrt_requirement(major: str = "auto", capi: Path | None = None) -> str:
+    """The pip requirement of TensorRT's libraries for the installed onnxruntime-gpu: the major version
+    its TensorRT provider links against ("auto") or the one given, for the CUDA major its CUDA provider
+    links against."""
+    capi = capi or onnxruntime_capi_dir()
+    if capi is None:
+        raise PlanError("onnxruntime is not installed")
+    cuda = linked_major(capi / "libonnxruntime_providers_cuda.so", "libcudart")
+    if cuda is None:
+        raise PlanError(f"{capi}: no CUDA provider library naming libcudart (is this onnxruntime-gpu?)")
+    if major == "auto":
+        found = linked_major(capi / "libonnxruntime_providers_tensorrt.so", "libnvinfer")
+        if found is None:
+            raise PlanError(f"{capi}: no TensorRT provider library naming libnvinfer")
+        major = str(found)
+    if not major.isdigit():
+        raise PlanError(f"TensorRT major version must be 'auto' or a number, not {major!r}")
+    return f"tensorrt-cu{cuda}-libs=={major}.*"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) not in (2, 3) or sys.argv[1] != "tensorrt-requirement":
+        sys.exit("usage: python providers.py tensorrt-requirement [auto|MAJOR]")
+    try:
+        print(tensorrt_requirement(sys.argv[2] if len(sys.argv) == 3 else "auto"))
+    except PlanError as e:
+        sys.exit(f"tensorrt-requirement: {e}")

@@ -84,9 +84,19 @@ def preload_gpu_libraries() -> None:
     """Load CUDA and cuDNN from the nvidia-* wheels (onnxruntime-gpu[cuda,cudnn]) before the first GPU
     session, so no LD_LIBRARY_PATH is needed; onnxruntime builds without preload_dlls skip it."""
     global _dlls_preloaded
-    if _dlls_preloaded or not hasattr(ort, "preload_dlls"):
+    if _dlls_preloaded:
         return
     _dlls_preloaded = True
+    try:
+        # TensorRT's pip libraries (optional) load themselves on import; the TensorRT provider then
+        # finds libnvinfer already loaded instead of searching LD_LIBRARY_PATH.
+        import tensorrt_libs  # noqa: F401
+    except ImportError:
+        pass
+    except Exception as e:
+        log.warning("tensorrt_libs failed to load: %s", one_line(e))
+    if not hasattr(ort, "preload_dlls"):
+        return
     try:
         ort.preload_dlls()
     except Exception as e:  # a missing library shows up again, with its name, when the session is made

@@ -296,3 +296,16 @@ def test_providers_module_is_pure():
     assert providers.chain("auto", []) == ["cpu"]
     assert providers.one_line(EPFail("a\n  b\tc")) == "EPFail: a b c"
     assert len(providers.one_line("x" * 1000)) == 300
+
+
+def test_tensorrt_requirement_follows_the_provider_libraries(tmp_path):
+    capi = tmp_path / "capi"
+    capi.mkdir()
+    (capi / "libonnxruntime_providers_cuda.so").write_bytes(b"\x7fELF...libcublas.so.13\x00libcudart.so.13\x00...")
+    with pytest.raises(providers.PlanError, match="no TensorRT provider library"):
+        providers.tensorrt_requirement("auto", capi)
+    (capi / "libonnxruntime_providers_tensorrt.so").write_bytes(b"\x7fELF...libnvinfer.so.10\x00libnvonnxparser.so.10")
+    assert providers.tensorrt_requirement("auto", capi) == "tensorrt-cu13-libs==10.*"
+    assert providers.tensorrt_requirement("11", capi) == "tensorrt-cu13-libs==11.*"
+    with pytest.raises(providers.PlanError, match="'auto' or a number"):
+        providers.tensorrt_requirement("latest", capi)
