@@ -306,7 +306,7 @@ class ModelRuntime:
         fallbacks: list[dict[str, str]] = []
         for i, device in enumerate(devices):
             try:
-                runtime = cls._load_plan(entry, settings, device)
+                runtime = cls.load_plan(entry, settings, device)
             except Exception as e:
                 reason = one_line(e)
                 if explicit or i == len(devices) - 1:
@@ -321,7 +321,8 @@ class ModelRuntime:
         raise AssertionError("unreachable: the chain always ends in a device that raises or serves")
 
     @classmethod
-    def _load_plan(cls, entry: ModelEntry, settings: Settings, device: str) -> "ModelRuntime":
+    def load_plan(cls, entry: ModelEntry, settings: Settings, device: str) -> "ModelRuntime":
+        """The runtime of one plan of the chain (raises when it fails or lands on other providers)."""
         plan = make_plan(entry, settings, device)
         path = entry.file_for(plan.file_key, verify=settings.verify_sha256)
         if plan.on_gpu:
