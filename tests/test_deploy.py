@@ -166,3 +166,34 @@ def test_gpu_overlay_startup_and_engine_cache():
     # the base is unchanged: the CPU deployment keeps its emptyDir
     base_pod = by_kind(kustomize(BASE), "Deployment")["spec"]["template"]["spec"]
     assert "emptyDir" in next(v for v in base_pod["volumes"] if v["name"] == "trt-cache")
+
+
+# -- the GPU check's device script --------------------------------------------------------------------------
+
+def test_gpu_check_run_stashes_bundles_until_the_set_is_complete(tmp_path):
+    """run.sh on the device: each call stashes its bundle; the one that completes the set verifies the
+    joined wheel's sha256 (here a wrong one: it stops before installing anything)."""
+    import json
+
+    root = tmp_path / "repo"
+    (root / "deploy" / "gpu-check").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "deploy" / "gpu-check" / "run.sh", root / "deploy" / "gpu-check" / "run.sh")
+    manifest = {"wheel": "onnxruntime_gpu-1-cp312-none-any.whl", "sha256": "0" * 64, "parts": 2,
+                "deps": ["x-1-py3-none-any.whl"], "frames": ["f.png"]}
+
+    def call(bundle: dict[str, bytes]) -> subprocess.CompletedProcess:
+        carried = root / ".gpucheck"
+        shutil.rmtree(carried, ignore_errors=True)
+        (carried / "bundle-1").mkdir(parents=True)
+        (carried / "bundle-1" / "manifest.json").write_text(json.dumps(manifest))
+        for name, data in bundle.items():
+            (carried / "bundle-1" / name).parent.mkdir(parents=True, exist_ok=True)
+            (carried / "bundle-1" / name).write_bytes(data)
+        return subprocess.run(["bash", "deploy/gpu-check/run.sh"], cwd=root, capture_output=True, text=True,
+                              env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")}, timeout=60)
+
+    first = call({"part-01": b"a" * 10, "deps/x-1-py3-none-any.whl": b"w", "frames/f.png": b"p"})
+    assert first.returncode == 0 and "still missing: part-02" in first.stdout
+    last = call({"part-02": b"b" * 10})
+    assert last.returncode != 0 and "sha256" in last.stderr and "the manifest says" in last.stderr
+    assert (root / ".gpucheck-stash" / "part-01").read_bytes() == b"a" * 10
