@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import re
-import signal
 import statistics
 import subprocess
 import tempfile
@@ -205,7 +204,7 @@ def latency(rt, h: int, w: int, batch: int, seconds: float) -> dict[str, float]:
 # -- 5. the service ------------------------------------------------------------------------------------------------
 
 def service_rows(args, repository: Path, jpegs: list[bytes], cpu_mode: bool, cache_dir: Path) -> list[dict]:
-    from enet_serve.bench.load import drive, start_service
+    from enet_serve.bench.load import drive, start_service, stop_service
 
     server_args = ["--native-size", "--max-batch-size", "8", f"--trt-cache-dir={cache_dir}",
                    f"--device={'cpu' if cpu_mode else 'auto'}"]
@@ -226,11 +225,7 @@ def service_rows(args, repository: Path, jpegs: list[bytes], cpu_mode: bool, cac
             print(f"  service {n:3d} clients: median {r['median_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
                   f"{r['images_per_s']:.1f} img/s, errors {r['errors'] or 0}", flush=True)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_service(proc)
     return rows
 
 
