@@ -8,6 +8,14 @@ BIN := $(VENV)/bin
 # machines; elsewhere set TORCH_INDEX to a CPU wheel index to avoid a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
+# The onnxruntime build: cpu (onnxruntime) or gpu (onnxruntime-gpu with CUDA and cuDNN from its wheels).
+# Exclusive: both write the same `onnxruntime/` package, so switching removes the other first.
+RUNTIME ?= cpu
+ifeq ($(filter $(RUNTIME),cpu gpu),)
+$(error RUNTIME must be cpu or gpu, not '$(RUNTIME)')
+endif
+OTHER_RUNTIME := $(if $(filter gpu,$(RUNTIME)),cpu,gpu)
+ORT_PACKAGES := onnxruntime onnxruntime-gpu
 
 .PHONY: serve test install dev data export-shipped bench clean
 
@@ -15,24 +23,32 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# The serving install: onnxruntime, FastAPI, ... never torch.
-$(VENV)/.installed-serve: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+# The serving install: the RUNTIME's onnxruntime, FastAPI, ... never torch.
+$(VENV)/.installed-serve-$(RUNTIME): pyproject.toml | $(BIN)/python
+	-$(BIN)/pip uninstall -q -y $(ORT_PACKAGES) 2>/dev/null
+	$(BIN)/pip install -q -e '.[$(RUNTIME)]'
+	rm -f $(VENV)/.installed-*-$(OTHER_RUNTIME)
 	touch $@
 
-# Tests, export and training: torch (the CPU wheel first), onnx, pytest.
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+# Tests, export and training: torch (the CPU wheel first), onnx, pytest. The dev extra brings the CPU
+# runtime (export's checks run on it); RUNTIME=gpu swaps it for onnxruntime-gpu afterwards.
+$(VENV)/.installed-dev-$(RUNTIME): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e '.[dev]'
-	touch $@ $(VENV)/.installed-serve
+ifeq ($(RUNTIME),gpu)
+	$(BIN)/pip uninstall -q -y $(ORT_PACKAGES)
+	$(BIN)/pip install -q -e '.[gpu]'
+endif
+	rm -f $(VENV)/.installed-*-$(OTHER_RUNTIME)
+	touch $@ $(VENV)/.installed-serve-$(RUNTIME)
 
-install: $(VENV)/.installed-serve
-dev: $(VENV)/.installed-dev
+install: $(VENV)/.installed-serve-$(RUNTIME)
+dev: $(VENV)/.installed-dev-$(RUNTIME)
 
-serve: $(VENV)/.installed-serve
+serve: $(VENV)/.installed-serve-$(RUNTIME)
 	$(BIN)/enet-serve serve --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed-dev data
+test: $(VENV)/.installed-dev-$(RUNTIME) data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Fashion-MNIST from Debian's package (the CamVid data is in ../shared/datasets/camvid).
@@ -43,11 +59,11 @@ data:
 	    echo "note: Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); its tests will be skipped"; }
 
 # Re-export the shipped, trained models into model_repository/ from models/weights/.
-export-shipped: $(VENV)/.installed-dev
+export-shipped: $(VENV)/.installed-dev-$(RUNTIME)
 	$(BIN)/enet-serve export enet --name enet-camvid --weights models/weights/enet-camvid.pth
 	$(BIN)/enet-serve export lenet5 --name lenet5-fashion --weights models/weights/lenet5-fashion.pth
 
-bench: $(VENV)/.installed-dev
+bench: $(VENV)/.installed-dev-$(RUNTIME)
 	$(BIN)/enet-serve bench runtime model_repository/enet-camvid
 	$(BIN)/enet-serve bench load
 

@@ -192,6 +192,16 @@ def start_service(args) -> tuple[subprocess.Popen, str]:
         time.sleep(0.25)
 
 
+def stop_service(proc: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM (the service drains), then kill after `grace_s`."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Connection:
     """One keep-alive HTTP/1.1 connection on asyncio streams: the load generator's client.
 
@@ -380,11 +390,7 @@ def run(args: argparse.Namespace) -> int:
                   f"solo {100 * sv.get('solo_share', 0):.0f} % of batches", flush=True)
     finally:
         if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_service(proc)
 
     _table(results)
     _write(args, results)

@@ -49,6 +49,13 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as e:
         print(f"enet-serve serve: invalid settings:\n{e}", file=sys.stderr)
         return 2
+    from enet_serve.service.runtime import runtime_problem
+
+    problem = runtime_problem()
+    if problem is not None:
+        print(f"enet-serve serve: {problem[0]}: {problem[1]}", file=sys.stderr)
+        if problem[0] == "error":
+            return 2
     import uvicorn
 
     from enet_serve.service.app import create_app

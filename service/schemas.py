@@ -74,6 +74,9 @@ class ModelInfo(BaseModel):
     providers: list[str]
     device: str
     precision: Literal["fp32", "fp16"]
+    execution: dict[str, Any] | None = Field(
+        None, description="the device asked for, the plans that failed before this one (provider and reason), the "
+        "ONNX file, the TensorRT profile (min/opt/max input shapes) and where shapes outside it run, the engine cache")
     file: str
     parameters: int | None = None
     gflops: float | None = None

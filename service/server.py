@@ -72,6 +72,7 @@ class LoadedModel:
             "providers": rt.providers,
             "device": rt.device,
             "precision": rt.precision,
+            "execution": rt.describe(),
             "file": str(rt.path.relative_to(self.entry.directory.resolve())) if rt.path.is_relative_to(
                 self.entry.directory.resolve()) else str(rt.path),
             "parameters": cfg.parameters,

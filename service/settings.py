@@ -15,11 +15,19 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from enet_serve.service.providers import parse_size
+
 Device = Literal["auto", "cpu", "cuda", "tensorrt"]
 Precision = Literal["auto", "fp32", "fp16"]
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def default_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/enet-serve` (else ~/.cache/enet-serve): never the working directory."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "enet-serve"
 
 
 def cpu_count() -> int:
@@ -71,7 +79,28 @@ class Settings(BaseSettings):
     intra_op_spinning: bool = Field(
         True, description="let onnxruntime's CPU worker threads spin between kernels (onnxruntime's default: "
         "faster inference; turn off where other work shares the cores, e.g. training)")
-    trt_cache_dir: Path = Field(Path(".trt_cache"), description="TensorRT engine and timing cache directory")
+
+    # -- GPU: TensorRT and CUDA ----------------------------------------------------------------
+    trt_cache_dir: Path = Field(
+        default_factory=lambda: default_cache_dir() / "trt",
+        description="TensorRT engine and timing caches (engines keyed by the ONNX file's sha256, precision, profile "
+        "and onnxruntime version); on a volume that outlives the container, the first start builds them once")
+    trt_profile_min_size: str = Field(
+        "64x64", description="HxW: the smallest input of the TensorRT profile when native_size varies the sizes")
+    trt_profile_max_size: str = Field(
+        "1080x1920", description="HxW: the largest input of the TensorRT profile when native_size varies the sizes; "
+        "larger ones (and v2 inputs of other sizes) run on a CUDA session of the same graph")
+    trt_workspace_gib: float = Field(2.0, gt=0, description="TensorRT's builder workspace (GiB)")
+    cudnn_conv_algo_search: Literal["auto", "EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
+        "auto", description="cuDNN convolution algorithm search; auto: EXHAUSTIVE for fixed input sizes, HEURISTIC "
+        "with native_size (EXHAUSTIVE would search again for every new size, inside requests)")
+    gpu_device_id: int = Field(0, ge=0, description="the CUDA device the sessions run on")
+
+    @field_validator("trt_profile_min_size", "trt_profile_max_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        parse_size(value)
+        return value
 
     # -- batching ------------------------------------------------------------------------------
     max_batch_size: int = Field(8, ge=1, le=256, description="largest batch the batcher forms")

@@ -70,12 +70,12 @@ def test_cpu_plan_and_session_report(tiny_repo):
     s = Settings(repository=tiny_repo, device="auto")
     entry = ModelRepository(tiny_repo).entry("enet-camvid")
     cpu = make_plan(entry, s, "cpu")
-    assert cpu.file_precision == "fp32" and [p for p, _ in cpu.providers] == ["CPUExecutionProvider"]
+    assert cpu.file_key == "fp32" and [p for p, _ in cpu.providers] == ["CPUExecutionProvider"]
     cuda = make_plan(entry, s, "cuda")
-    assert cuda.file_precision == "fp16" and cuda.providers[0][0] == "CUDAExecutionProvider"
-    trt = make_plan(entry, s, "tensorrt", input_shape=(8, 120, 160, 3))
+    assert cuda.file_key == "fp16" and cuda.providers[0][0] == "CUDAExecutionProvider"
+    trt = make_plan(entry, s, "tensorrt")
     assert trt.providers[0][0] == "TensorrtExecutionProvider" and trt.providers[0][1]["trt_fp16_enable"]
-    assert trt.providers[0][1]["trt_engine_cache_enable"] and trt.file_precision == "fp32"
+    assert trt.providers[0][1]["trt_engine_cache_enable"] and trt.file_key == "fp32"
     rt = ModelRuntime.load(entry, s)  # this machine: the CPU, read back from the session
     assert rt.provider == "CPUExecutionProvider" and rt.precision == "fp32"
 
