@@ -7,6 +7,7 @@ palette) and returns the body. `format=` accepts exactly the registered names.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -191,6 +192,16 @@ class SegmentTask(Task):
     def encode(self, prepared: Prepared, outputs: dict[str, np.ndarray], options: SegmentOptions) -> Answer:
         fmt = SEGMENT_FORMATS[options.format]
         return Answer(fmt.encode(self.result(prepared, outputs, options)), fmt.media_type)
+
+    def encode_stream(self, prepared: Prepared, outputs: dict[str, np.ndarray],
+                      options: SegmentOptions) -> tuple[str, bytes | None]:
+        """A stream frame's answer: the JSON object (a JSON format's body, else the summary) and, for the
+        other formats, their body as a binary message."""
+        fmt = SEGMENT_FORMATS[options.format]
+        result = self.result(prepared, outputs, options)
+        if fmt.json:
+            return fmt.encode(result).decode(), None
+        return json.dumps(result.summary(), separators=(",", ":")), fmt.encode(result)
 
     def mask_png(self, mask: np.ndarray) -> bytes:
         return codecs.encode_mask_png(mask, self.palette, self.settings.png_compress_level)
