@@ -85,8 +85,8 @@ class Metrics:
     def observer(self, model: str) -> "ModelObserver":
         return ModelObserver(self, model)
 
-    def drift(self, model: str, classes: Sequence[str]) -> "DriftObserver":
-        return DriftObserver(self, model, classes)
+    def drift(self, model: str, classes: Sequence[str], confidence: bool) -> "DriftObserver":
+        return DriftObserver(self, model, classes, confidence)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -122,9 +122,10 @@ class DriftObserver:
     """One segmentation model's drift histograms (label children looked up once); `observe` runs in the
     codec threads (prometheus-client's children are thread-safe)."""
 
-    def __init__(self, metrics: Metrics, model: str, classes: Sequence[str]):
+    def __init__(self, metrics: Metrics, model: str, classes: Sequence[str], confidence: bool):
         self._classes = [metrics.class_pixels.labels(model, name) for name in classes]
-        self._confidence = metrics.mean_confidence.labels(model)
+        # only models with a confidence output have the series (an empty one would read as "no images")
+        self._confidence = metrics.mean_confidence.labels(model) if confidence else None
 
     def observe(self, mask: np.ndarray, confidence: np.ndarray | None) -> None:
         """One image's mask (and confidence) as the model answered it, before any filter of the request."""
@@ -132,5 +133,5 @@ class DriftObserver:
         total = max(1, mask.size)
         for child, count in zip(self._classes, counts):
             child.observe(count / total)
-        if confidence is not None:
+        if confidence is not None and self._confidence is not None:
             self._confidence.observe(float(confidence.mean()) / 255.0)

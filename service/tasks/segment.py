@@ -128,7 +128,7 @@ class SegmentTask(Task):
         self.drift: DriftObserver | None = None
 
     def bind_metrics(self, metrics: Metrics) -> None:
-        self.drift = metrics.drift(self.model, self.class_names)
+        self.drift = metrics.drift(self.model, self.class_names, confidence=self.confidence_output is not None)
 
     # -- options -----------------------------------------------------------------------------------------
     def class_indices(self, text: str) -> tuple[int, ...]:
