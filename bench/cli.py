@@ -1,16 +1,18 @@
-"""`enet-serve bench runtime|load|architectures`: the raw onnxruntime limit of a graph, the service under
+"""`enet-serve bench runtime|load|architectures|stream`: the raw onnxruntime limit of a graph, the service under
 load, and the table of every architecture's size and speed."""
 from __future__ import annotations
 
 import argparse
 
-from enet_serve.bench import architectures, load, onnx_runtime
+from enet_serve.bench import architectures, load, onnx_runtime, stream
 
 BENCHMARKS = {
     "runtime": (onnx_runtime, "an ONNX graph in-process with onnxruntime: ms per frame at batch 1..8 (the limit)"),
     "load": (load, "the service over HTTP with concurrent clients, against the in-process limit"),
     "architectures": (architectures, "every registered architecture exported (FP32) and timed in-process: "
                       "parameters, GFLOPs, ms per image, reference accuracy"),
+    "stream": (stream, "the segmentation answers' cost per frame (rle, regions, confidence, ...) and the video "
+               "stream's overhead over POST /segment"),
 }
 
 
