@@ -119,15 +119,14 @@ def measure_answers(args, frames: list[np.ndarray]) -> dict:
         from scipy import ndimage
 
         structure = np.ones((3, 3), bool)
+        ys, xs = (a.ravel().astype(np.float64) for a in np.indices(masks[0].shape))
 
         def scipy_label(mask):
             for c in np.unique(mask):
                 labels, _ = ndimage.label(mask == c, structure=structure)
-                ndimage.find_objects(labels)
+                ndimage.find_objects(labels)  # the boxes
                 flat = labels.ravel()
-                np.bincount(flat)  # areas; with the two below, the centroids
-                ys, xs = np.divmod(np.arange(flat.size), mask.shape[1])
-                np.bincount(flat, xs), np.bincount(flat, ys)
+                np.bincount(flat), np.bincount(flat, xs), np.bincount(flat, ys)  # areas and centroids
 
         candidates["SciPy ndimage.label + find_objects + bincount"] = scipy_label
     except ImportError:
