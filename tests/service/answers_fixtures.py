@@ -14,31 +14,22 @@ from onnx import TensorProto, helper, numpy_helper
 
 from enet_serve.model_config import (FileSpec, InputSpec, ModelConfig, VoidSpec, WeightsSpec, file_path, sha256_file,
                                      task_outputs)
-from svc_helpers import CAMVID_COLORS, CAMVID_LABELS
+from svc_helpers import CAMVID_COLORS, CAMVID_LABELS, seg_graph
 
 NUM_CLASSES = 12  # CamVid's 11 and the void class
 
 
 def seg_confidence_graph(num_classes: int = NUM_CLASSES) -> onnx.ModelProto:
-    """uint8[N,H,W,3] -> mask uint8[N,H,W], confidence uint8[N,H,W]; each output ends in a Cast."""
-    nodes = [
-        helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceMean", ["f"], ["m"], axes=[3], keepdims=0),
-        helper.make_node("Mul", ["m", "scale"], ["s"]),
-        helper.make_node("Floor", ["s"], ["fl"]),
-        helper.make_node("Cast", ["fl"], ["mask"], to=TensorProto.UINT8),
-        helper.make_node("Gather", ["f", "red"], ["r"], axis=3),
-        helper.make_node("Cast", ["r"], ["confidence"], to=TensorProto.UINT8),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny_seg_confidence",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", 3])],
-        [helper.make_tensor_value_info("mask", TensorProto.UINT8, ["N", "H", "W"]),
-         helper.make_tensor_value_info("confidence", TensorProto.UINT8, ["N", "H", "W"])],
-        [numpy_helper.from_array(np.array(num_classes / 256.0, np.float32), "scale"),
-         numpy_helper.from_array(np.array(0, np.int64), "red")],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    """svc_helpers.seg_graph plus `confidence` = the red channel: uint8[N,H,W,3] -> mask, confidence
+    uint8[N,H,W]; each output ends in a Cast."""
+    model = seg_graph(num_classes)
+    graph = model.graph
+    graph.node.extend([helper.make_node("Gather", ["f", "red"], ["r"], axis=3),
+                       helper.make_node("Cast", ["r"], ["confidence"], to=TensorProto.UINT8)])
+    graph.initializer.append(numpy_helper.from_array(np.array(0, np.int64), "red"))
+    graph.output.append(helper.make_tensor_value_info("confidence", TensorProto.UINT8, ["N", "H", "W"]))
+    onnx.checker.check_model(model)
+    return model
 
 
 def write_confidence_model(repo: Path, name: str = "seg-confidence", height: int = 120, width: int = 160) -> Path:
