@@ -1,10 +1,10 @@
-"""`enet-serve bench runtime|load|architectures|gpu`: the raw onnxruntime limit of a graph, the service under
+"""`enet-serve bench runtime|load|architectures|gpu|stream`: the raw onnxruntime limit of a graph, the service under
 load, and the table of every architecture's size and speed."""
 from __future__ import annotations
 
 import argparse
 
-from enet_serve.bench import architectures, gpu, load, onnx_runtime
+from enet_serve.bench import architectures, gpu, load, onnx_runtime, stream
 
 BENCHMARKS = {
     "runtime": (onnx_runtime, "an ONNX graph in-process with onnxruntime: ms per frame at batch 1..8 (the limit)"),
@@ -13,6 +13,8 @@ BENCHMARKS = {
                       "parameters, GFLOPs, ms per image, reference accuracy"),
     "gpu": (gpu, "the GPU path on an NVIDIA machine: versions, each plan (TensorRT FP16, CUDA FP16, CUDA FP32) built, "
             "masks against CPU FP32, latency, the service under load; CPU mode elsewhere"),
+    "stream": (stream, "the segmentation answers' cost per frame (rle, regions, confidence, ...) and the video "
+               "stream's overhead over POST /segment"),
 }
 
 

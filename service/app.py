@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from enet_serve.service._version import __version__
-from enet_serve.service.api import classify, health, metrics as metrics_api, models, segment, v2
+from enet_serve.service.api import classify, health, metrics as metrics_api, models, segment, stream, v2
 from enet_serve.service.errors import install_error_handlers
 from enet_serve.service.metrics import Metrics
 from enet_serve.service.server import ModelServer
@@ -27,6 +27,8 @@ with dynamic batching.
 * When API keys are configured, send `Authorization: Bearer KEY` or `X-API-Key: KEY`
   (health, metrics and docs need none).
 * `/v2/...` is the Open Inference Protocol (KServe v2).
+* `WS /segment/stream` (not listed below: OpenAPI has no WebSockets) takes video frames as binary
+  messages with /segment's query parameters and answers the newest frame; see the README.
 """
 
 TAGS = [
@@ -94,11 +96,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.stream_connections = stream.StreamConnections(settings.stream_max_connections)
     app.state.server = ModelServer(settings, metrics)  # replaced at startup; answers "not ready" before it
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     for module in (segment, classify, models, health, metrics_api):
         app.include_router(module.router)
+    app.include_router(stream.router)
     app.include_router(v2.router)
     app.include_router(v2.secured)
     return app

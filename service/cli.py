@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=10,
+        ws_max_size=settings.stream_max_frame_bytes,  # the protocol layer refuses larger frames before buffering them
     )
     return 0
 

@@ -262,6 +262,24 @@ def encode_mask_png(mask: np.ndarray, palette: bytes, level: int = 1) -> bytes:
     ))
 
 
+def encode_grey_png(grey: np.ndarray, level: int = 1) -> bytes:
+    """An 8-bit greyscale PNG of an HxW uint8 array (the confidence map): filter Sub, which turns its
+    smooth ramps into small differences that zlib packs well."""
+    grey = np.ascontiguousarray(grey, dtype=np.uint8)
+    h, w = grey.shape
+    rows = np.empty((h, w + 1), np.uint8)
+    rows[:, 0] = 1  # filter type Sub: each byte minus the one to its left (mod 256)
+    rows[:, 1] = grey[:, 0]
+    np.subtract(grey[:, 1:], grey[:, :-1], out=rows[:, 2:])
+    idat = zlib.compress(rows.data, level)
+    return b"".join((
+        b"\x89PNG\r\n\x1a\n",
+        _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)),
+        _chunk(b"IDAT", idat),
+        _chunk(b"IEND", b""),
+    ))
+
+
 def encode_jpeg(a: np.ndarray, quality: int = 90) -> bytes:
     if simplejpeg is not None:
         return simplejpeg.encode_jpeg(np.ascontiguousarray(a), quality=quality, colorspace="RGB" if a.shape[2] == 3 else "GRAY")

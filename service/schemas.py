@@ -18,6 +18,42 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class Region(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"class": "Car", "index": 8, "area": 5230, "bbox": [312, 170, 96, 71], "centroid": [361.4, 207.9]}]})
+    class_: str = Field(alias="class", description="the class name")
+    index: int = Field(description="the class index (the mask's pixel value)")
+    area: int = Field(description="pixels in the region")
+    bbox: list[int] = Field(description="[x, y, width, height] of its bounding box, in the input's pixels")
+    centroid: list[float] = Field(description="[x, y] of its centre of mass, in the input's pixels")
+
+
+class RleEntry(BaseModel):
+    class_: str = Field(alias="class", description="the class name")
+    index: int = Field(description="the class index")
+    size: list[int] = Field(description="[height, width], as COCO has it")
+    counts: str = Field(description="COCO compressed RLE of the class's binary mask, column-major "
+                        "(`pycocotools.mask.decode` reads it)")
+
+
+class SegmentRleResponse(BaseModel):
+    """format=rle."""
+
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [{
+        "model": "enet-camvid", "width": 480, "height": 360, "classes": ["Sky", "Building", "..."],
+        "rle": [{"class": "Sky", "index": 0, "size": [360, 480], "counts": "ZQ24d:0O1N2..."}],
+        "class_fractions": {"Sky": 0.18, "Road": 0.31},
+    }]})
+    model: str
+    width: int
+    height: int
+    classes: list[str] = Field(description="class names by index")
+    rle: list[RleEntry] = Field(description="one entry per class present (with `classes=`: those present of them)")
+    class_fractions: dict[str, float] = Field(description="as in format=json")
+    mean_confidence: dict[str, float] | None = Field(None, description="as in format=json")
+    regions: list[Region] | None = Field(None, description="with `regions=true`, as in format=json")
+
+
 class SegmentResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [{
         "model": "enet-camvid", "width": 480, "height": 360,
@@ -31,7 +67,12 @@ class SegmentResponse(BaseModel):
     height: int = Field(description="height of the input image (and of the mask)")
     classes: list[str] = Field(description="class names by index (the mask's pixel values)")
     mask_png: str = Field(description="base64 palette PNG, width x height, pixel value = class index")
-    class_fractions: dict[str, float] = Field(description="share of the image's pixels per class")
+    class_fractions: dict[str, float] = Field(
+        description="share of the image's pixels per class (with `classes=`: only those classes)")
+    mean_confidence: dict[str, float] | None = Field(
+        None, description="per class present, the mean of its pixels' confidence (0..1); only from models with a "
+        "`confidence` output")
+    regions: list[Region] | None = Field(None, description="with `regions=true`: the connected regions")
 
 
 class Prediction(BaseModel):

@@ -118,7 +118,9 @@ class ModelServer:
                     f"{entry.name}: config.json says weights.trained: false (random weights); refusing to serve it. "
                     "Export trained weights, or start with --allow-untrained / ENET_SERVE_ALLOW_UNTRAINED=1")
             runtime = ModelRuntime.load(entry, s)
-            self.models[entry.name] = LoadedModel(entry, runtime, s)
+            loaded = LoadedModel(entry, runtime, s)
+            loaded.handler.bind_metrics(self.metrics)
+            self.models[entry.name] = loaded
             self.metrics.model_ready.labels(entry.name).set(0)
             self.metrics.model_info.labels(entry.name, entry.config.task, runtime.provider, runtime.precision).set(1)
 

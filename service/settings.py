@@ -131,6 +131,13 @@ class Settings(BaseSettings):
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of mask PNGs (RLE strategy)")
     overlay_alpha: float = Field(0.5, ge=0, le=1, description="default weight of the mask colours in format=overlay")
 
+    # -- the video stream (WS /segment/stream) --------------------------------------------------
+    stream_max_connections: int = Field(
+        64, ge=1, description="open /segment/stream connections; past it a new one is closed with 4503")
+    stream_max_frame_bytes: int = Field(
+        8 * 1024 * 1024, ge=1, description="largest stream frame (one binary message); past it the connection "
+        "is closed with 1009 (message too big)")
+
     # -- server --------------------------------------------------------------------------------
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")

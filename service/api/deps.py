@@ -68,10 +68,14 @@ async def require_api_key(
     bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
     api_key: str | None = Depends(_api_key),
 ) -> None:
+    check_api_key(settings, api_key or (bearer.credentials if bearer is not None else None))
+
+
+def check_api_key(settings: Settings, given: str | None) -> None:
+    """401 unless `given` is one of the configured keys (any key when none are configured)."""
     keys = settings.api_keys
     if not keys:
         return
-    given = api_key or (bearer.credentials if bearer is not None else None)
     if not given:
         raise Unauthorized("missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
     given_b = given.encode()

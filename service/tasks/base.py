@@ -14,6 +14,7 @@ import numpy as np
 
 from enet_serve.model_config import ModelConfig
 from enet_serve.service import codecs
+from enet_serve.service.metrics import Metrics
 from enet_serve.service.settings import Settings
 from enet_serve.service.v2_codec import datatype
 
@@ -92,6 +93,9 @@ class Task(ABC):
     @abstractmethod
     def encode(self, prepared: Prepared, outputs: dict[str, np.ndarray], options: Any) -> Answer:
         """The answer to one image from the model's outputs for it (by output name, without the batch axis)."""
+
+    def bind_metrics(self, metrics: Metrics) -> None:
+        """Take the metrics this task observes per answer (segmentation: drift), bound to this model."""
 
     # -- describe --------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
