@@ -11,7 +11,7 @@ RECIPES = ("enet-camvid", "lenet5-fashion")
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", choices=RECIPES, help="what to train")
-    p.add_argument("--data", type=Path, help="dataset directory (default: ../shared/datasets/camvid, "
+    p.add_argument("--data", type=Path, help="dataset directory or CamVid pack (default: ../shared/datasets/camvid, "
                    "/usr/share/datasets/fashion-mnist)")
     p.add_argument("--epochs", type=int, help="total epochs (default: the recipe's)")
     p.add_argument("--lr", type=float, help="initial learning rate (default: the recipe's)")
@@ -22,6 +22,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jitter", type=float, help="enet-camvid: colour jitter amount (0: none)")
     p.add_argument("--train-split", help="enet-camvid: the CamVid splits to train on, joined by + (default: train; "
                    "the shipped model: train+val)")
+    p.add_argument("--encoder-epochs", type=int, help="enet-camvid: ENet's two-stage schedule: train the encoder alone "
+                   "on 1/8-size labels for this many first epochs, then the whole network (default: 0, one stage)")
+    p.add_argument("--workers", type=int, default=0, help="augment in this many DataLoader processes (for a GPU)")
     p.add_argument("--hold-out-drive", metavar="DRIVE",
                    help="enet-camvid: leave this drive (e.g. 0006R0) out of the training splits and pick the epoch on it")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
@@ -83,9 +86,11 @@ def _train(args: argparse.Namespace) -> int:
             recipe.train_split = args.train_split
         if args.hold_out_drive:
             recipe.hold_out_drive = args.hold_out_drive
+        if args.encoder_epochs is not None:
+            recipe.encoder_epochs = args.encoder_epochs
         entry = train_segmentation(args.data or DEFAULT_CAMVID, run_dir, recipe, resume=args.resume,
                                    device=args.device, threads=args.threads, weights_out=weights_out, progress=not args.no_progress,
-                                   command=_command_line(), init_from=args.init_from)
+                                   command=_command_line(), init_from=args.init_from, workers=args.workers)
     else:
         from enet_serve.training.classification import ClassificationRecipe, train_classification
         from enet_serve.paths import DEFAULT_FASHION_MNIST
