@@ -150,7 +150,7 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
             losses.append(loss.item())
             bar.set_postfix(loss=f"{loss.item():.3f}", miou=f"{run.best_score:.1f}")
         entry = {"epoch": epoch, "loss": sum(losses) / len(losses), "lr": lr_at(epoch),
-                 "crop": list(crop), "seconds": round(time.time() - t0, 1)}
+                 "crop": list(crop), "seconds": round(time.time() - t0, 2)}
         if encoder_stage:
             entry["stage"] = "encoder"
         score = metrics = None
