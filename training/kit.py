@@ -212,10 +212,11 @@ def run_kit(pack: Path, out: Path, budget_s: float, candidates: tuple[str, ...] 
     reserve_s = max(10.0, 0.03 * budget_s) if reserve_s is None else reserve_s
     out.mkdir(parents=True, exist_ok=True)
     work = work or out / "work"
-    runs = plan_runs(candidates, drives, epochs or 1, work)
+    runs = plan_runs(candidates, drives, epochs or 1, work, crop)
     if workers is None:  # the CPU cores shared out between the runs' augmentation
         workers = max(1, (os.cpu_count() or 1) // len(runs) - 1)
     summary = {"pack": str(pack), "device": device, "budget_s": budget_s, "candidates": {c: CANDIDATES[c] for c in candidates},
+               "crop_override": list(crop) if crop else None,
                "hold_out_drives": list(drives), "train_split": TRAIN_SPLIT, "runs_side_by_side": len(runs),
                "workers_per_run": workers, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))}
     if epochs is None:
