@@ -206,6 +206,8 @@ def run_kit(pack: Path, out: Path, budget_s: float, candidates: tuple[str, ...] 
             epochs: int | None = None, max_epochs: int = 1000, crop: tuple[int, int] | None = None,
             workers: int | None = None, threads: int = 1, reserve_s: float | None = None) -> dict:
     """The whole visit: probe, plan, train side by side, pick, ship; returns (and writes) the summary."""
+    if not pack.exists():
+        raise FileNotFoundError(f"{pack}: no CamVid pack (write it with `enet-serve train-kit pack` and carry it along)")
     started = time.time()
     deadline = started + budget_s
     # packing the results and stopping the processes; an epoch's worth of slack is kept by stop_at itself
@@ -213,8 +215,8 @@ def run_kit(pack: Path, out: Path, budget_s: float, candidates: tuple[str, ...] 
     out.mkdir(parents=True, exist_ok=True)
     work = work or out / "work"
     runs = plan_runs(candidates, drives, epochs or 1, work, crop)
-    if workers is None:  # the CPU cores shared out between the runs' augmentation
-        workers = max(1, (os.cpu_count() or 1) // len(runs) - 1)
+    if workers is None:  # the CPU cores shared out between the runs' augmentation (their main processes mostly wait on the GPU)
+        workers = max(1, (os.cpu_count() or 1) // len(runs))
     summary = {"pack": str(pack), "device": device, "budget_s": budget_s, "candidates": {c: CANDIDATES[c] for c in candidates},
                "crop_override": list(crop) if crop else None,
                "hold_out_drives": list(drives), "train_split": TRAIN_SPLIT, "runs_side_by_side": len(runs),
