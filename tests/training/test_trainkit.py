@@ -190,3 +190,21 @@ def test_gpu_kit_end_to_end_on_cpu(camvid_pack, tmp_path):
     assert all(torch.equal(again["model"][k], v) for k, v in shipped["model"].items())
     estimate = again["training"]["held_out_estimates"][0]
     assert estimate["last_epoch"]["epoch"] == 2 and "mIoU" in estimate["last_epoch"]["held_out"]
+
+
+def test_augmentation_scales_and_jitters_the_image_but_only_scales_the_label():
+    """Crops at several scales (random scale before the crop) and photometric jitter, as the candidates use them."""
+    from enet_serve.training.augment import SegmentationAugment
+
+    blocks = torch.arange(12, dtype=torch.uint8).view(3, 4) % 11
+    label = blocks.repeat_interleave(8, 0).repeat_interleave(8, 1)  # 24x32, 8x8 blocks
+    image = (label * 20).expand(3, -1, -1).contiguous()
+    img, lbl = SegmentationAugment(crop=(24, 32), scale=(2.0, 2.0), jitter=0.0)(image, label)
+    assert lbl.shape == (24, 32)
+    # twice the scale: the classes change every 16 pixels along a row (nearest neighbour: no mixed labels)
+    changes = torch.nonzero(lbl[0, 1:] != lbl[0, :-1]).flatten()
+    assert len(changes) >= 1 and (changes.diff() == 16).all()
+    assert set(torch.unique(lbl).tolist()) <= set(blocks.unique().tolist())
+    img, lbl = SegmentationAugment(crop=(24, 32), scale=(1.0, 1.0), jitter=0.3)(image, label)
+    assert torch.equal(lbl, label) or torch.equal(lbl, label.flip(-1))  # jitter leaves labels alone
+    assert not torch.equal(img, image) and not torch.equal(img, image.flip(-1))
