@@ -233,17 +233,23 @@ def run_kit(pack: Path, out: Path, budget_s: float, candidates: tuple[str, ...] 
     summary["epochs"] = epochs
     if "probe" in summary:
         summary["predicted_s"] = round(max(timings[r.name].cost(r.recipe) for r in runs), 1)
+    _write_summary(out, summary)  # the plan, should anything below fail
     print(f"training {len(runs)} runs side by side, {epochs} epochs each, until "
           f"{deadline - reserve_s - time.time():.0f} s from now", flush=True)
     t_train = time.time()
     ended = run_side_by_side(runs, pack, device, deadline - reserve_s, deadline - reserve_s / 2, workers, threads)
     summary["train_s"] = round(time.time() - t_train, 1)
     summary["runs"] = {run.name: {**_run_result(run), **ended[run.name]} for run in runs}
+    _write_summary(out, summary)
     _choose_and_ship(runs, summary, out)
     summary["wall_s"] = round(time.time() - started, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    _write_summary(out, summary)
     print(format_summary(summary), flush=True)
     return summary
+
+
+def _write_summary(out: Path, summary: dict) -> None:
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
 
 
 def _history(run_dir: Path) -> tuple[list[dict], float]:
@@ -305,7 +311,7 @@ def _choose_and_ship(runs: list[PlannedRun], summary: dict, out: Path) -> None:
                             "completed": results[final.name]["completed"], "val_mIoU_trained_on": results[final.name].get("val_last")})
     for run in (final, *held_out):
         _tar_run(run.run_dir, out / f"run-{run.name}.tar")
-    summary["files"] = sorted(p.name for p in out.iterdir() if p.is_file())
+    summary["files"] = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "summary.json")
 
 
 def _tar_run(run_dir: Path, path: Path) -> None:
