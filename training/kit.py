@@ -323,7 +323,10 @@ def _tar_run(run_dir: Path, path: Path) -> None:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{'run':<44}{'epochs':>10}{'held-out last':>15}{'best (epoch)':>15}{'val':>8}"]
+    lines = [f"plan: {summary.get('epochs')} epochs per run, {summary.get('runs_side_by_side')} runs side by side, "
+             f"predicted {summary.get('predicted_s', '-')} s after a {summary.get('probe_s', '-')} s probe; "
+             f"training took {summary.get('train_s')} s",
+             f"{'run':<44}{'epochs':>10}{'held-out last':>15}{'best (epoch)':>15}{'val':>8}"]
     for name, r in summary.get("runs", {}).items():
         held = f"{r['held_out_last']:.2f}" if "held_out_last" in r else "-"
         best = f"{r['held_out_best']:.2f} ({r['held_out_best_epoch']})" if "held_out_best" in r else "-"
