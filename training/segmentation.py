@@ -122,6 +122,7 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
     bar = tqdm(range(run.start_epoch, recipe.epochs), desc=f"{recipe.arch} camvid", initial=run.start_epoch,
                total=recipe.epochs, disable=not progress)
     last_epoch = None  # (seconds, pixels per frame) of the last epoch, to tell whether the next fits before stop_at
+    loaders: dict[tuple[int, int], DataLoader] = {}
     for epoch in bar:
         t0 = time.time()
         full = epoch >= recipe.epochs - recipe.full_epochs
@@ -132,8 +133,11 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
             break
         encoder_stage = epoch < recipe.encoder_epochs
         train_set.transform = SegmentationAugment(crop, recipe.scale, recipe.jitter, void=CAMVID_VOID)
-        loader = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True, drop_last=len(train_set) > recipe.batch_size,
-                            num_workers=workers, pin_memory=dev.type == "cuda")
+        if crop not in loaders:  # one per crop size: worker processes keep the transform they started with
+            loaders[crop] = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True,
+                                       drop_last=len(train_set) > recipe.batch_size, num_workers=workers,
+                                       persistent_workers=workers > 0, pin_memory=dev.type == "cuda")
+        loader = loaders[crop]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(epoch)
         model.train()
