@@ -41,6 +41,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="train nothing: write --weights-out from RUN_DIR's checkpoints (e.g. to ship an unfinished run)")
     p.add_argument("--held-out-run", type=Path, action="append", default=[], metavar="RUN_DIR",
                    help="with --ship-only: record this held-out-drive run's score as the estimate on unseen streets")
+    p.add_argument("--score-on", type=Path, metavar="DIR",
+                   help="enet-camvid, with --ship-only: re-score the shipped epoch (val) and the held-out runs on this "
+                   "CamVid directory's original frames (for runs trained on a JPEG pack: then `eval` reproduces them)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (for logs)")
 
 
@@ -63,6 +66,10 @@ def _train(args: argparse.Namespace) -> int:
         # the best epoch where the run picked one on data it did not train on, else its last
         pick = "best" if args.recipe == "enet-camvid" and (run_dir / "best.pt").is_file() else "last"
         shipped = ship_weights(run_dir, weights_out, pick=pick, held_out_runs=args.held_out_run)
+        if args.score_on:
+            from enet_serve.training.rescore import rescore_shipped
+
+            shipped = rescore_shipped(weights_out, args.score_on, args.held_out_run)
         print(f"{args.recipe}: epoch {shipped['training']['epoch_shipped']} of {shipped['training']['epochs']} "
               f"shipped to {weights_out}: {shipped['metrics']}")
         return 0

@@ -14,7 +14,9 @@ import torch
 from PIL import Image
 
 from enet_serve.cli import main
+from enet_serve.models import get_spec
 from enet_serve.models.enet import ENet
+from enet_serve.models.labels import load_labels
 from enet_serve.paths import REPO_ROOT
 from enet_serve.training.checkpoint import load_checkpoint
 from enet_serve.training.datasets import CAMVID_VOID, CamVid, DatasetError
@@ -190,6 +192,25 @@ def test_gpu_kit_end_to_end_on_cpu(camvid_pack, tmp_path):
     assert all(torch.equal(again["model"][k], v) for k, v in shipped["model"].items())
     estimate = again["training"]["held_out_estimates"][0]
     assert estimate["last_epoch"]["epoch"] == 2 and "mIoU" in estimate["last_epoch"]["held_out"]
+
+    # ... and re-scored on the original frames (the pack's are JPEG), as `enet-serve eval` scores them
+    source, _ = camvid_pack
+    assert main(["train", "enet-camvid", "--ship-only", "--run-dir", str(runs / f"{winner}--train-val"),
+                 "--held-out-run", str(runs / f"{winner}--without-0006R0"), "--weights-out", str(tmp_path / "w.pth"),
+                 "--score-on", str(source)]) == 0
+    rescored = torch.load(tmp_path / "w.pth", weights_only=False)
+    assert rescored["training"]["scored_on"] == str(source)
+    from enet_serve.training.common import Normalize, torch_predictor
+    from enet_serve.training.segmentation import evaluate_segmentation
+
+    model = ENet(11)
+    model.load_state_dict(rescored["model"])
+    predict = torch_predictor(model, Normalize(get_spec("enet")), torch.device("cpu"))
+    assert rescored["metrics"]["val"] == evaluate_segmentation(predict, CamVid(source, "val")).summary(load_labels("camvid"))
+    held = load_checkpoint(runs / f"{winner}--without-0006R0" / "last.pt")
+    model.load_state_dict(held["model"])
+    original = evaluate_segmentation(predict, CamVid(source, "train+val", drives=("0006R0",))).summary(load_labels("camvid"))
+    assert rescored["training"]["held_out_estimates"][0]["last_epoch"]["held_out"] == {**original, "drive": "0006R0"}
 
 
 def test_augmentation_scales_and_jitters_the_image_but_only_scales_the_label():
