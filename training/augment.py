@@ -22,8 +22,11 @@ class SegmentationAugment:
         h, w = label.shape
         s = random.uniform(*self.scale)
         sh, sw = max(1, round(h * s)), max(1, round(w * s))
-        img = F.interpolate(image[None].float(), size=(sh, sw), mode="bilinear", align_corners=False)[0]
-        lbl = F.interpolate(label[None, None].float(), size=(sh, sw), mode="nearest")[0, 0]
+        if (sh, sw) == (h, w):  # what interpolating to the same size returns, without its cost (most of the time here)
+            img, lbl = image.float(), label.float()
+        else:
+            img = F.interpolate(image[None].float(), size=(sh, sw), mode="bilinear", align_corners=False)[0]
+            lbl = F.interpolate(label[None, None].float(), size=(sh, sw), mode="nearest")[0, 0]
         ch, cw = self.crop
         ph, pw = max(0, ch - sh), max(0, cw - sw)
         if ph or pw:

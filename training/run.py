@@ -18,8 +18,10 @@ class TrainingRun:
     before any data is read."""
 
     def __init__(self, run_dir: Path, recipe, num_classes: int, resume: bool, command: str | None, hardware: str,
-                 init_record: dict | None = None):
+                 init_record: dict | None = None, extra_modules: dict[str, torch.nn.Module] | None = None):
         self.run_dir, self.num_classes = run_dir, num_classes
+        # Modules trained beside the model but not shipped (ENet's encoder head): in last.pt only, for --resume.
+        self.extra_modules = extra_modules or {}
         self.last_path, self.best_path = run_dir / "last.pt", run_dir / "best.pt"
         self.recipe, self.hardware = recipe, hardware
         self._state = load_checkpoint(self.last_path) if resume else None
@@ -36,6 +38,10 @@ class TrainingRun:
             return
         state, self._state = self._state, None
         model.load_state_dict(state["model"])
+        for name, module in self.extra_modules.items():
+            if name not in state.get("extra_modules", {}):
+                raise ValueError(f"{self.last_path}: no {name} to resume (the run was started with another recipe)")
+            module.load_state_dict(state["extra_modules"][name])
         optimizer.load_state_dict(state["optimizer"])
         self.start_epoch, self.best_score = state["epoch"] + 1, state["best_score"]
         self.history, self.wall_time_s = state["history"], state["wall_time_s"]
@@ -58,7 +64,8 @@ class TrainingRun:
         save_atomic({**common, "optimizer": optimizer.state_dict(), "best_score": self.best_score,
                      "history": self.history, "wall_time_s": self.wall_time_s, **rng_state(),
                      "recipe": dataclasses.asdict(self.recipe), "commands": self.commands, "init_from": self.init_record,
-                     "hardware": self.hardware}, self.last_path)
+                     "hardware": self.hardware,
+                     "extra_modules": {name: m.state_dict() for name, m in self.extra_modules.items()}}, self.last_path)
         with open(self.run_dir / "history.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
 

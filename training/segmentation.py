@@ -4,7 +4,9 @@ The recipe follows the public PyTorch reimplementation that reached 65.2 val mIo
 weight decay 2e-4, batch 10, ENet's class weights, void ignored) with two changes for a 2-core
 CPU: most epochs train on random crops (`crop`, at the images' own scale, so objects keep the
 size they have at test time) with horizontal flips, and the last `full_epochs` on whole 360x480
-frames; the learning rate follows a cosine from lr to lr/100 over all epochs.
+frames; the learning rate follows a cosine from lr to lr/100 over all epochs. With `encoder_epochs`
+the schedule has ENet's two stages: first the encoder alone on 1/8-size labels (training/encoder_stage.py),
+then the whole network, each stage with its own cosine.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from enet_serve.training.augment import SegmentationAugment
 from enet_serve.training.checkpoint import load_checkpoint, ship_weights
 from enet_serve.training.common import Normalize, hardware, pick_device, seed_everything, torch_predictor
 from enet_serve.training.datasets import CAMVID_NUM_CLASSES, CAMVID_VOID, CamVid, enet_class_weights
+from enet_serve.training.encoder_stage import EncoderHead, downsample_labels
 from enet_serve.training.metrics import ConfusionMatrix
 from enet_serve.training.run import TrainingRun
 
@@ -50,6 +53,9 @@ class SegmentationRecipe:
     # on the held-out drive, else on val when val was not trained on, else the last (a fixed schedule).
     train_split: str = "train"
     hold_out_drive: str | None = None
+    # ENet's two-stage schedule: the first encoder_epochs train the encoder alone on labels downsampled
+    # to its 1/8 output (not scored: the decoder is untrained), the rest the whole network.
+    encoder_epochs: int = 0
 
 
 def evaluate_segmentation(predict, dataset: CamVid, batch_size: int = 4, progress: bool = False) -> ConfusionMatrix:
@@ -63,25 +69,34 @@ def evaluate_segmentation(predict, dataset: CamVid, batch_size: int = 4, progres
 
 def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, resume: bool = False,
                        device: str = "auto", threads: int | None = None, weights_out: Path | None = None, limit: int | None = None,
-                       progress: bool = True, command: str | None = None, init_from: Path | None = None) -> dict:
+                       progress: bool = True, command: str | None = None, init_from: Path | None = None,
+                       workers: int = 0, stop_at: float | None = None) -> dict:
     """Train (or resume) the recipe; checkpoints go to run_dir/{last,best}.pt each epoch.
 
     Returns the history entry of the last epoch. `limit` trains on the first images only (tests).
     `init_from` starts a new run from the model weights of a checkpoint or shipped weights file
     (a fine-tuning run with a schedule of its own), where `resume` continues the same run.
+    `workers` augment in that many DataLoader processes (a GPU outruns one CPU core); `stop_at`
+    (a time.time() value) stops before an epoch that would end after it, leaving last.pt to --resume.
     """
+    if not 0 <= recipe.encoder_epochs < recipe.epochs:
+        raise ValueError(f"encoder_epochs must be in [0, epochs): {recipe.encoder_epochs} of {recipe.epochs}")
     dev = pick_device(device, threads)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop and frame sizes: pick the fastest kernels once
     seed_everything(recipe.seed)
     spec = get_spec(recipe.arch)
     labels = load_labels(spec.labels)
     model = get_model(recipe.arch, num_classes=CAMVID_NUM_CLASSES).to(dev)
     normalize = Normalize(spec).to(dev)
 
+    head = EncoderHead(model, CAMVID_NUM_CLASSES).to(dev) if recipe.encoder_epochs else None
     start = load_checkpoint(init_from) if init_from is not None else None
     run = TrainingRun(run_dir, recipe, CAMVID_NUM_CLASSES, resume, command, hardware(dev),
                       init_record=None if start is None else {"file": str(init_from), "epoch": start.get("epoch"),
                                                               "metrics": start.get("metrics"),
-                                                              "training": start.get("training")})
+                                                              "training": start.get("training")},
+                      extra_modules={"encoder_head": head} if head is not None else None)
     held_out = (recipe.hold_out_drive,) if recipe.hold_out_drive else ()
     train_set = CamVid(data, recipe.train_split, limit=limit, exclude_drives=held_out)
     scored = {"val": CamVid(data, "val", limit=limit, exclude_drives=held_out)}
@@ -90,10 +105,15 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
     # the split that picks the epoch to ship: never one that was trained on
     select = "held_out" if held_out else ("val" if "val" not in recipe.train_split.split("+") else None)
     class_weights = enet_class_weights(train_set.class_frequencies()).float().to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    # One optimizer for both stages: Adam skips the parameters a stage leaves without gradients.
+    params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
+    # fused on a GPU: one kernel for all parameters instead of several per tensor (ENet has ~300 small ones)
+    optimizer = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=dev.type == "cuda")
 
-    def lr_at(epoch: int) -> float:  # cosine from lr to lr/100
-        t = min(epoch / max(1, recipe.epochs - 1), 1.0)
+    def lr_at(epoch: int) -> float:  # cosine from lr to lr/100 within each stage
+        first, length = ((0, recipe.encoder_epochs) if epoch < recipe.encoder_epochs
+                         else (recipe.encoder_epochs, recipe.epochs - recipe.encoder_epochs))
+        t = min((epoch - first) / max(1, length - 1), 1.0)
         return recipe.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
     if start is not None and not resume:
@@ -101,35 +121,56 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
     run.restore(model, optimizer)
     bar = tqdm(range(run.start_epoch, recipe.epochs), desc=f"{recipe.arch} camvid", initial=run.start_epoch,
                total=recipe.epochs, disable=not progress)
+    last_epoch = None  # (seconds, pixels per frame) of the last epoch, to tell whether the next fits before stop_at
+    loaders: dict[tuple[int, int], DataLoader] = {}
     for epoch in bar:
         t0 = time.time()
         full = epoch >= recipe.epochs - recipe.full_epochs
-        crop = train_set.images[0].shape[-2:] if full else recipe.crop
-        train_set.transform = SegmentationAugment(tuple(crop), recipe.scale, recipe.jitter, void=CAMVID_VOID)
-        loader = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True, drop_last=len(train_set) > recipe.batch_size)
+        crop = tuple(train_set.images[0].shape[-2:]) if full else tuple(recipe.crop)
+        if stop_at is not None and last_epoch is not None and \
+                t0 + last_epoch[0] * max(1.0, crop[0] * crop[1] / last_epoch[1]) > stop_at:
+            print(f"{run_dir}: stopped before epoch {epoch + 1} of {recipe.epochs} (time is up); --resume continues")
+            break
+        encoder_stage = epoch < recipe.encoder_epochs
+        train_set.transform = SegmentationAugment(crop, recipe.scale, recipe.jitter, void=CAMVID_VOID)
+        if crop not in loaders:  # one per crop size: worker processes keep the transform they started with
+            loaders[crop] = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True,
+                                       drop_last=len(train_set) > recipe.batch_size, num_workers=workers,
+                                       persistent_workers=workers > 0, pin_memory=dev.type == "cuda")
+        loader = loaders[crop]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(epoch)
         model.train()
         losses = []
         for images, targets in loader:
-            images, targets = images.to(dev), targets.to(dev).long()
-            loss = F.cross_entropy(model(normalize(images)), targets, weight=class_weights, ignore_index=CAMVID_VOID)
+            images, targets = images.to(dev, non_blocking=True), targets.to(dev, non_blocking=True).long()
+            if encoder_stage:
+                logits, targets = head(normalize(images)), downsample_labels(targets, CAMVID_VOID)
+            else:
+                logits = model(normalize(images))
+            loss = F.cross_entropy(logits, targets, weight=class_weights, ignore_index=CAMVID_VOID)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{loss.item():.3f}", miou=f"{run.best_score:.1f}")
         entry = {"epoch": epoch, "loss": sum(losses) / len(losses), "lr": lr_at(epoch),
-                 "crop": list(crop), "seconds": round(time.time() - t0, 1)}
+                 "crop": list(crop), "seconds": round(time.time() - t0, 2)}
+        if encoder_stage:
+            entry["stage"] = "encoder"
         score = metrics = None
-        if (epoch + 1) % recipe.eval_every == 0 or full or epoch == recipe.epochs - 1:
+        if not encoder_stage and ((epoch + 1) % recipe.eval_every == 0 or full or epoch == recipe.epochs - 1):
             predict = torch_predictor(model, normalize, dev)
-            metrics = {k: evaluate_segmentation(predict, ds).summary(labels) for k, ds in scored.items()}
+            eval_batch = 16 if dev.type == "cuda" else 4
+            t_eval = time.time()
+            metrics = {k: evaluate_segmentation(predict, ds, batch_size=eval_batch).summary(labels) for k, ds in scored.items()}
+            entry["eval_seconds"] = round(time.time() - t_eval, 2)
             if held_out:
                 metrics["held_out"]["drive"] = recipe.hold_out_drive
             entry.update(metrics)
             score = metrics[select]["mIoU"] if select else None
         run.end_epoch(model, optimizer, entry, t0, score, metrics)
+        last_epoch = (time.time() - t0, crop[0] * crop[1])
         bar.set_postfix(loss=f"{entry['loss']:.3f}", miou=f"{run.best_score:.1f}")
 
     if weights_out is not None and (run.best_path.is_file() or select is None):
