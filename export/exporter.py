@@ -1,4 +1,5 @@
-"""export_model: one architecture + weights -> <repository>/<name>/{config.json, 1/model.fp32.onnx, 1/model.fp16.onnx}."""
+"""export_model: one architecture + weights -> <repository>/<name>/{config.json, 1/model.fp32.onnx, 1/model.fp16.onnx,
+1/model.int8.onnx}."""
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +19,7 @@ from enet_serve.export.repository import (DEFAULT_REPOSITORY, FILE_NAMES, VERSIO
 from enet_serve.export.weights import Weights, load_into, read_weights
 from enet_serve.models.registry import ModelSpec, get_model, get_spec
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: quantized from the fp32 graph (export.quantize)
 RANDOM_INIT_SEED = 0
 
 
@@ -49,6 +50,8 @@ def _precisions(precisions) -> list[str]:
             out.append(p)
     if not out:
         raise ExportError("no precision to export")
+    if "int8" in out and "fp32" not in out:
+        raise ExportError("int8 is quantized from the fp32 graph: export fp32 with it (--precision fp32,int8)")
     return sorted(out, key=PRECISIONS.index)  # FP32 first: the FP16 check compares with it
 
 
@@ -133,7 +136,7 @@ def _export(arch: str, repository: Path | None, name: str | None, *, weights: Pa
     metadata = {"name": name, "architecture": arch, "task": spec.task}
     with staging(repository, name) as staged:
         graphs = []
-        for precision in precisions:
+        for precision in (p for p in precisions if p != "int8"):
             path = staged / str(VERSION) / FILE_NAMES[precision]
             module = build_graph_module(model, spec, precision)
             try:
@@ -150,6 +153,11 @@ def _export(arch: str, repository: Path | None, name: str | None, *, weights: Pa
                 notes.append(f"fp16: converted from the fp32 graph with onnxconverter-common ({str(e).splitlines()[0][:120]})")
             graphs.append(checks_mod.Graph(precision, path, module))
         results = checks_mod.run_checks(model, spec, k, graphs, trained=loaded is not None) if check else []
+        if "int8" in precisions:
+            from enet_serve.export.quantize import export_int8
+
+            results += export_int8(staged / str(VERSION) / FILE_NAMES["fp32"], staged / str(VERSION) / FILE_NAMES["int8"],
+                                   spec, trained=loaded is not None, check=check)
         config = build_config(name=name, arch=arch, spec=spec, num_classes=k, model_dir=staged,
                               precisions=precisions, parameters=parameters, gflops=gflops, weights=loaded,
                               opset=OPSET)

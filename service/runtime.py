@@ -35,8 +35,8 @@ class Plan:
     """What to ask onnxruntime for: the providers (with options), the file, the precision meant."""
 
     device: str  # "tensorrt" | "cuda" | "cpu"
-    file_precision: str  # which ONNX file: "fp32" | "fp16"
-    precision: str  # the compute precision meant: "fp32" | "fp16"
+    file_precision: str  # which ONNX file: "fp32" | "fp16" | "int8"
+    precision: str  # the compute precision meant: "fp32" | "fp16" | "int8"
     providers: list = field(default_factory=list)  # [(name, options), ...]
 
 
@@ -62,6 +62,9 @@ def make_plan(entry: ModelEntry, settings: Settings, device: str, *, input_shape
     """The providers and file for `device` ("tensorrt", "cuda" or "cpu") under `settings.precision`."""
     gpu = device in ("tensorrt", "cuda")
     precision = settings.precision if settings.precision != "auto" else ("fp16" if gpu else "fp32")
+    if precision == "int8" and gpu:
+        # QLinearConv and friends have CPU kernels only: on a GPU provider they would run on the CPU.
+        raise ModelLoadError(f"{entry.name}: precision=int8 is a CPU graph; use device=cpu (or fp16 on {device})")
     files = entry.config.files
     if device == "tensorrt":
         # TensorRT builds its own FP16 engine from the FP32 graph (trt_fp16_enable); the FP16 graph

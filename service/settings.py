@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda", "tensorrt"]
-Precision = Literal["auto", "fp32", "fp16"]
+Precision = Literal["auto", "fp32", "fp16", "int8"]
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -66,7 +66,9 @@ class Settings(BaseSettings):
 
     # -- runtime -------------------------------------------------------------------------------
     device: Device = Field("auto", description="auto: TensorRT, else CUDA, else CPU")
-    precision: Precision = Field("auto", description="auto: fp16 on GPU, fp32 on CPU")
+    precision: Precision = Field(
+        "auto", description="auto: fp16 on GPU, fp32 on CPU; int8: the statically quantized graph (CPU only; "
+        "`enet-serve export --precision fp32,int8` makes it)")
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per instance; 0: all cores / instances")
     intra_op_spinning: bool = Field(
         True, description="let onnxruntime's CPU worker threads spin between kernels (onnxruntime's default: "
