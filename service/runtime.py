@@ -115,6 +115,7 @@ def session_options(settings: Settings, threads: int) -> ort.SessionOptions:
     # Spinning worker threads answer faster between kernels but burn cores that decoding, encoding
     # and HTTP need; which wins depends on the machine (BENCHMARKS.md), so it is a setting.
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.intra_op_spinning else "0")
+    so.enable_cpu_mem_arena = settings.cpu_arena
     so.log_severity_level = 3
     return so
 
@@ -243,12 +244,19 @@ class ModelRuntime:
         self.warmup_s = time.perf_counter() - t0
         return self.warmup_s
 
-    def measure_batches(self, shape: tuple[int, int, int], batch_sizes: Sequence[int], repeats: int = 2) -> dict[int, float]:
-        """Images/s of the first session per batch size (best of `repeats` runs; call after warm())."""
-        session = self.sessions[0]
+    def measure_batches(self, shape: tuple[int, int, int], batch_sizes: Sequence[int], repeats: int = 2,
+                        settings: Settings | None = None) -> dict[int, float]:
+        """Images/s per batch size (best of `repeats` runs after one warm-up run each) of a temporary
+        session like the first one (given `settings`), else of the first session itself. The temporary
+        session takes the large batches' buffers with it when it goes, so the serving sessions' memory
+        arenas only ever grow to the batch sizes they serve."""
+        session = self.sessions[0] if settings is None else Session(self.path, self.sessions[0].plan, settings,
+                                                                    self.sessions[0].threads)
         image = np.zeros(shape, np.uint8)
         rates = {}
         for b in batch_sizes:
+            if settings is not None:
+                session.run([image] * b)
             best = float("inf")
             for _ in range(repeats):
                 t0 = time.perf_counter()

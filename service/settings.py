@@ -95,6 +95,15 @@ class Settings(BaseSettings):
         False, description="run dynamic-size models (ENet) at the image's own size (padded to the size multiple) "
         "instead of resizing to the native size; batches only same-shape requests")
 
+    # -- memory (BENCHMARKS.md, "Memory") -------------------------------------------------------------
+    cpu_arena: bool = Field(
+        True, description="onnxruntime's CPU memory arena per session: keeps the buffers of the largest batch run "
+        "so far for reuse; off, every run allocates and frees (less resident memory, a little slower)")
+    warm_batch_sizes: Literal["served", "all"] = Field(
+        "served", description="served: the batch-size tuning runs on a temporary session and the serving sessions "
+        "are warmed only at the batch sizes they will run (1..the tuned maximum), so their arenas stay that size; "
+        "all: every size up to max_batch_size")
+
     # -- requests ------------------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="accepted API keys (comma-separated); empty: no authentication")
