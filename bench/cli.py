@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from enet_serve.bench import architectures, load, memory, onnx_runtime
+from enet_serve.bench import architectures, compare, load, memory, onnx_runtime
 
 BENCHMARKS = {
     "runtime": (onnx_runtime, "an ONNX graph in-process with onnxruntime: ms per frame at batch 1..8 (the limit)"),
     "load": (load, "the service over HTTP with concurrent clients, against the in-process limit"),
+    "peers": (compare, "the service against its peers (FastAPI, LitServe, Ray Serve) and the in-process limit, "
+              "1-64 clients"),
     "memory": (memory, "resident memory of the service with the shipped models: after warm-up and at an overload's peak"),
     "architectures": (architectures, "every registered architecture exported (FP32) and timed in-process: "
                       "parameters, GFLOPs, ms per image, reference accuracy"),
