@@ -183,15 +183,19 @@ def article_section(archs: list[dict], precision: dict | None, plot: str | None)
         r = by.get(arch, {})
         lines.append(f"| {arch} | {r.get('params', 0):,} | {_f(r.get('gflops'), 2)} | {ms} | "
                      f"{_f(_ms(r, 1), 1)} | |")
+    sources = sorted({r["source"] for r in archs if r.get("source")})
+    if sources:
+        lines += ["", "This CPU's column: " + "; ".join(sources) + "."]
     cpu = {a: _ms(by.get(a, {}), 1) for a in ARTICLE_TITAN_XP_MS}
     if all(cpu.values()):
         mb = cpu["mobilenet_v1"]
         faster = [a for a, v in cpu.items() if a != "mobilenet_v1" and v < mb]
         lines += ["", f"\"MobileNet is abysmally slow\" does not hold on this CPU: MobileNet v1 takes {mb:.1f} ms, "
                   + (f"slower only than {', '.join(faster)}" if faster else "faster than every other row")
-                  + f" (the article's 33.3 ms on a Titan Xp is {33.251 / 1.003:.0f}x AlexNet's there). Its depthwise "
-                  "convolutions are cheap in FLOPs, and a CPU runs them near its FLOP rate; the article's GPU "
-                  "framework of the time ran them far below it."]
+                  + f" (the article's 33.3 ms on a Titan Xp is {33.251 / 1.003:.0f}x AlexNet's there). A likely "
+                  "reason: its depthwise convolutions are cheap in FLOPs and onnxruntime's CPU kernels handle them "
+                  "well, while the article's GPU framework of the time had no fast depthwise kernel (not measured "
+                  "here)."]
     if precision:
         lines += ["", "ENet at the paper's frame sizes (this CPU, batch 1, ms per frame; the ENet paper's own timings "
                   "are on NVIDIA TX1 and Titan X GPUs and are not repeated here):", "",
