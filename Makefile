@@ -60,8 +60,8 @@ data:
 
 # Re-export the shipped, trained models into model_repository/ from models/weights/.
 export-shipped: $(VENV)/.installed-dev-$(RUNTIME)
-	$(BIN)/enet-serve export enet --name enet-camvid --weights models/weights/enet-camvid.pth
-	$(BIN)/enet-serve export lenet5 --name lenet5-fashion --weights models/weights/lenet5-fashion.pth
+	$(BIN)/enet-serve export enet --name enet-camvid --weights models/weights/enet-camvid.pth --precision fp32,fp16,int8
+	$(BIN)/enet-serve export lenet5 --name lenet5-fashion --weights models/weights/lenet5-fashion.pth --precision fp32,fp16,int8
 
 bench: $(VENV)/.installed-dev-$(RUNTIME)
 	$(BIN)/enet-serve bench runtime model_repository/enet-camvid

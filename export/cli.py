@@ -1,5 +1,5 @@
 """`enet-serve export ARCH [--name NAME] (--weights FILE | --random-init) [--num-classes K]
-[--set KEY=VALUE ...] [--precision fp32,fp16] [--repository DIR]`."""
+[--set KEY=VALUE ...] [--precision fp32,fp16,int8] [--repository DIR]`."""
 from __future__ import annotations
 
 import argparse
@@ -22,8 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="an argument of the architecture's builder (repeatable), e.g. transform_input=true for "
                    "torchvision's googlenet/inception_v3 weights; VALUE is read as JSON (true, 0.2, \"text\") "
                    "or else as a string")
-    p.add_argument("--precision", default="fp32,fp16", help="comma-separated: fp32, fp16 (default: both; with fp32, models with CPU-only "
-                   "rewrites also get fp32_gpu, the FP32 graph for GPUs)")
+    p.add_argument("--precision", default="fp32,fp16", help="comma-separated: fp32, fp16, int8 (default: fp32,fp16; "
+                   "with fp32, models with CPU-only rewrites also get fp32_gpu, the FP32 graph for GPUs; int8 is "
+                   "quantized from fp32 for CPUs, calibrated on training frames and gated on accuracy)")
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
                    help=f"model repository directory (default: {DEFAULT_REPOSITORY})")
     p.add_argument("--no-check", action="store_true", help="skip the checks against PyTorch (not for shipping)")

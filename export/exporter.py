@@ -1,7 +1,8 @@
 """export_model: one architecture + weights -> <repository>/<name>/{config.json, 1/model.<key>.onnx}.
 
 The files: `fp32` (for CPUs), `fp16` (for GPUs) and, where the FP32 graph carries CPU-only rewrites
-(ENet's PReLU as convolutions), `fp32_gpu`: the FP32 graph without them, for GPUs.
+(ENet's PReLU as convolutions), `fp32_gpu`: the FP32 graph without them, for GPUs; `int8` (for
+CPUs): statically quantized from the `fp32` graph by export.quantize.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from enet_serve.export.weights import Weights, load_into, read_weights
 from enet_serve.model_config import TASKS
 from enet_serve.models.registry import ModelSpec, get_model, get_spec
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: quantized from the fp32 graph (export.quantize)
+DEFAULT_PRECISIONS = ("fp32", "fp16")  # int8 on request: it needs calibration data and a gate
 RANDOM_INIT_SEED = 0
 
 
@@ -33,7 +35,7 @@ class ExportOptions:
     weights: Path | None = None  # a torchvision .pth or a training checkpoint ...
     random_init: bool = False  # ... or random weights: exactly one of the two
     num_classes: int | None = None  # default: the checkpoint's, else the architecture's
-    precisions: tuple[str, ...] | str = PRECISIONS  # "fp32", "fp16" (a tuple or "fp32,fp16")
+    precisions: tuple[str, ...] | str = DEFAULT_PRECISIONS  # of PRECISIONS (a tuple or "fp32,fp16,int8")
     check: bool = True  # the checks against PyTorch (the file's own checks always run)
     fp16_method: str = "torch"  # "torch": trace the model in half; "convert": onnxconverter-common
     builder_args: dict | None = None  # arguments of the architecture's builder, recorded in config.json
@@ -66,6 +68,8 @@ def _precisions(precisions) -> list[str]:
             out.append(p)
     if not out:
         raise ExportError("no precision to export")
+    if "int8" in out and "fp32" not in out:
+        raise ExportError("int8 is quantized from the fp32 graph: export fp32 with it (--precision fp32,int8)")
     return sorted(out, key=PRECISIONS.index)  # FP32 first: the FP16 check compares with it
 
 
@@ -160,7 +164,7 @@ def _export(arch: str, repository: Path | None, name: str | None, options: Expor
         h, w = (-(-64 // m) * m, -(-96 // m) * m)
     sample = torch.zeros(1, h, w, spec.input_channels, dtype=torch.uint8)
     metadata = {"name": name, "architecture": arch, "task": spec.task}
-    keys = _graphs_to_write(model, precisions)
+    keys = _graphs_to_write(model, [p for p in precisions if p != "int8"])  # int8 comes from the fp32 graph
     with staging(repository, name) as staged:
         graphs = []
         for key in keys:
@@ -184,6 +188,12 @@ def _export(arch: str, repository: Path | None, name: str | None, options: Expor
             graphs.append(checks_mod.Graph(key, path, module))
         results = (checks_mod.run_checks(model, spec, k, graphs, trained=loaded is not None) if options.check
                    else checks_mod.run_structure_checks(spec, k, graphs))
+        if "int8" in precisions:
+            from enet_serve.export.quantize import export_int8
+
+            results += export_int8(staged / str(VERSION) / FILE_NAMES["fp32"], staged / str(VERSION) / FILE_NAMES["int8"],
+                                   spec, trained=loaded is not None, check=options.check)
+            keys.append("int8")
         config = build_config(name=name, arch=arch, spec=spec, num_classes=k, model_dir=staged,
                               precisions=keys, parameters=parameters, gflops=gflops, weights=loaded,
                               opset=OPSET)

@@ -67,8 +67,8 @@ class Plan:
     """What to ask onnxruntime for: the providers (with options), the file, the precision meant."""
 
     device: str  # "tensorrt" | "cuda" | "cpu"
-    file_key: str  # which ONNX file of config.json: "fp32" | "fp32_gpu" | "fp16"
-    precision: str  # the compute precision meant: "fp32" | "fp16"
+    file_key: str  # which ONNX file of config.json: "fp32" | "fp32_gpu" | "fp16" | "int8"
+    precision: str  # the compute precision meant: "fp32" | "fp16" | "int8"
     providers: list = field(default_factory=list)  # [(name, options), ...]
     profile: Profile | None = None  # TensorRT only
     cache_dir: Path | None = None  # TensorRT only: the engine cache of this file, precision and profile

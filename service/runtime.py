@@ -109,6 +109,9 @@ def make_plan(entry: ModelEntry, settings: Settings, device: str) -> Plan:
     files = sorted(cfg.files)
     gpu = device in ("tensorrt", "cuda")
     precision = settings.precision if settings.precision != "auto" else ("fp16" if gpu else "fp32")
+    if precision == "int8" and gpu:
+        # QLinearConv and friends have CPU kernels only: on a GPU provider they would run on the CPU.
+        raise ModelLoadError(f"{entry.name}: precision=int8 is a CPU graph; use device=cpu (or fp16 on {device})")
     file_key = gpu_file_key(files, precision, device) if gpu else precision
     if file_key not in files:
         others = [k for k in (("fp32_gpu", "fp32", "fp16") if gpu else ("fp32", "fp16")) if k in files]
@@ -167,6 +170,7 @@ def session_options(settings: Settings, threads: int, gpu: bool = False):
     spin = settings.intra_op_spinning and not gpu
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
+    so.enable_cpu_mem_arena = settings.cpu_arena
     so.log_severity_level = 3
     return so
 
@@ -404,12 +408,19 @@ class ModelRuntime:
         self.warmup_s = time.perf_counter() - t0
         return self.warmup_s
 
-    def measure_batches(self, shape: tuple[int, int, int], batch_sizes: Sequence[int], repeats: int = 2) -> dict[int, float]:
-        """Images/s of the first session per batch size (best of `repeats` runs; call after warm())."""
-        session = self.sessions[0]
+    def measure_batches(self, shape: tuple[int, int, int], batch_sizes: Sequence[int], repeats: int = 2,
+                        settings: Settings | None = None) -> dict[int, float]:
+        """Images/s per batch size (best of `repeats` runs after one warm-up run each) of a temporary
+        session like the first one (given `settings`), else of the first session itself. The temporary
+        session takes the large batches' buffers with it when it goes, so the serving sessions' memory
+        arenas only ever grow to the batch sizes they serve."""
+        first = self.sessions[0]
+        session = first if settings is None else Session(self.path, first.plan, settings, first.threads, first.config)
         image = np.zeros(shape, np.uint8)
         rates = {}
         for b in batch_sizes:
+            if settings is not None:
+                session.run([image] * b)
             best = float("inf")
             for _ in range(repeats):
                 t0 = time.perf_counter()

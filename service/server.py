@@ -139,14 +139,21 @@ class ModelServer:
         loop = asyncio.get_running_loop()
         for m in self.models.values():
             try:
-                sizes = list(range(1, self.settings.max_batch_size + 1))
-                seconds = await loop.run_in_executor(None, warm_model, m, sizes)
-                if self.settings.tune_batch_size and self.settings.max_batch_size > 1:
+                s = self.settings
+                if s.tune_batch_size and s.max_batch_size > 1:
+                    # On a temporary session (warm_batch_sizes=served), so that the large batches it
+                    # times leave no buffers in the serving sessions' arenas.
+                    probe = s if s.warm_batch_sizes == "served" else None
+                    if probe is None:
+                        seconds = await loop.run_in_executor(None, warm_model, m, list(range(1, s.max_batch_size + 1)))
                     m.batch_rates = await loop.run_in_executor(
-                        None, m.runtime.measure_batches, m.input_shape, tuning_candidates(self.settings.max_batch_size))
+                        None, m.runtime.measure_batches, m.input_shape, tuning_candidates(s.max_batch_size), 2, probe)
                     m.batch_size = pick_batch_size(m.batch_rates)
                     assert m.batcher is not None
                     m.batcher.max_batch_size = m.batch_size
+                top = m.batch_size if s.warm_batch_sizes == "served" else s.max_batch_size
+                if not (s.warm_batch_sizes == "all" and s.tune_batch_size and s.max_batch_size > 1):  # not warm yet
+                    seconds = await loop.run_in_executor(None, warm_model, m, list(range(1, top + 1)))
             except Exception as e:
                 self.warm_error = f"{m.name}: warm-up failed: {e}"
                 log.exception("%s: warm-up failed", m.name)
@@ -154,7 +161,7 @@ class ModelServer:
             m.ready = True
             self.metrics.model_ready.labels(m.name).set(1)
             log.info("%s: warm (batch sizes 1..%d) in %.2f s; batches of up to %d (measured images/s: %s)", m.name,
-                     self.settings.max_batch_size, seconds, m.batch_size,
+                     top, seconds, m.batch_size,
                      ", ".join(f"{b}: {r:.1f}" for b, r in (m.batch_rates or {}).items()) or "not measured")
 
     async def stop(self) -> None:

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from enet_serve.service.providers import parse_size
 
 Device = Literal["auto", "cpu", "cuda", "tensorrt"]
-Precision = Literal["auto", "fp32", "fp16"]
+Precision = Literal["auto", "fp32", "fp16", "int8"]
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -74,7 +74,9 @@ class Settings(BaseSettings):
 
     # -- runtime -------------------------------------------------------------------------------
     device: Device = Field("auto", description="auto: TensorRT, else CUDA, else CPU")
-    precision: Precision = Field("auto", description="auto: fp16 on GPU, fp32 on CPU")
+    precision: Precision = Field(
+        "auto", description="auto: fp16 on GPU, fp32 on CPU; int8: the statically quantized graph (CPU only; "
+        "`enet-serve export --precision fp32,int8` makes it)")
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per instance; 0: all cores / instances")
     intra_op_spinning: bool = Field(
         True, description="let onnxruntime's CPU worker threads spin between kernels (onnxruntime's default: "
@@ -121,6 +123,15 @@ class Settings(BaseSettings):
     native_size: bool = Field(
         False, description="run dynamic-size models (ENet) at the image's own size (padded to the size multiple) "
         "instead of resizing to the native size; batches only same-shape requests")
+
+    # -- memory (BENCHMARKS.md, "Memory") -------------------------------------------------------------
+    cpu_arena: bool = Field(
+        True, description="onnxruntime's CPU memory arena per session: keeps the buffers of the largest batch run "
+        "so far for reuse; off, every run allocates and frees (less resident memory, a little slower)")
+    warm_batch_sizes: Literal["served", "all"] = Field(
+        "served", description="served: the batch-size tuning runs on a temporary session and the serving sessions "
+        "are warmed only at the batch sizes they will run (1..the tuned maximum), so their arenas stay that size; "
+        "all: every size up to max_batch_size")
 
     # -- requests ------------------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(

@@ -100,6 +100,8 @@ def test_the_shipped_graphs_follow_the_rule(name):
 
     config = load_config(DEFAULT_REPOSITORY / name)
     for key, entry in config.files.items():
+        if key == "int8":  # a CPU graph (QuantizeLinear's zero points are uint8): TensorRT never reads it
+            continue
         model = onnx.load(str(DEFAULT_REPOSITORY / name / entry.path))
         assert uint8_rule_violations(model) == [], f"{name} {key}"
         if key == "fp16":

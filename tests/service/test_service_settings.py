@@ -88,7 +88,7 @@ def test_from_env(monkeypatch):
 
 
 @pytest.mark.parametrize("key,value", [("ENET_SERVE_DEVICE", "tpu"), ("ENET_SERVE_MAX_BATCH_SIZE", "0"),
-                                       ("ENET_SERVE_PRECISION", "int8")])
+                                       ("ENET_SERVE_PRECISION", "int4")])
 def test_invalid_env(monkeypatch, key, value):
     monkeypatch.setenv(key, value)
     with pytest.raises(ValidationError):

@@ -1,0 +1,103 @@
+"""export.quantize: the INT8 graph, its calibration and its accuracy gate."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from enet_serve.export import ExportCheckError, ExportError, quantize
+from enet_serve.export.exporter import export
+from enet_serve.models.registry import get_spec
+from enet_serve.paths import DEFAULT_FASHION_MNIST, WEIGHTS_DIR
+
+LENET_WEIGHTS = WEIGHTS_DIR / "lenet5-fashion.pth"
+needs_fashion_mnist = pytest.mark.skipif(not (DEFAULT_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
+                                         reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.fixture(scope="module")
+def lenet_int8(tmp_path_factory):
+    if not (DEFAULT_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST is not installed")
+    return export("lenet5", tmp_path_factory.mktemp("int8"), "lenet5-fashion", weights=LENET_WEIGHTS,
+                  precisions=("fp32", "int8"))
+
+
+def test_int8_export_is_quantized_gated_and_recorded(lenet_int8):
+    names = {r.name: r for r in lenet_int8.checks}
+    assert {"INT8 calibration", "INT8 contract", "INT8 top-1 vs FP32"} <= set(names)
+    assert "Fashion-MNIST train" in names["INT8 calibration"].detail
+    config = json.loads((lenet_int8.path / "config.json").read_text())
+    assert config["files"]["int8"]["path"] == "1/model.int8.onnx"
+    graph = onnx.load(str(lenet_int8.path / "1" / "model.int8.onnx")).graph
+    assert any(n.op_type == "QLinearConv" for n in graph.node)  # QOperator form, not QDQ
+    session = ort.InferenceSession(str(lenet_int8.path / "1" / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    probs = session.run(None, {"image": np.zeros((3, 32, 32, 1), np.uint8)})[0]
+    assert probs.shape == (3, 10) and probs.dtype == np.float32
+
+
+@needs_fashion_mnist
+def test_gate_refuses_a_graph_calibrated_on_black_frames(lenet_int8, tmp_path):
+    """Calibrated on all-black images, every activation range collapses: the gate must say no."""
+    spec = get_spec("lenet5")
+    fp32 = lenet_int8.path / "1" / "model.fp32.onnx"
+    bad = tmp_path / "bad.int8.onnx"
+    quantize.quantize(fp32, bad, np.zeros((8, 32, 32, 1), np.uint8))
+    with pytest.raises(ExportCheckError, match="INT8 top-1 vs FP32"):
+        quantize.gate(fp32, bad, spec, trained=True)
+
+
+def test_gate_refuses_a_graph_with_another_signature(lenet_int8, tmp_path):
+    fp32 = lenet_int8.path / "1" / "model.fp32.onnx"
+    other = onnx.load(str(lenet_int8.path / "1" / "model.int8.onnx"))
+    other.graph.output[0].name = "scores"
+    for node in other.graph.node:
+        node.output[:] = ["scores" if o == "probabilities" else o for o in node.output]
+    onnx.save(other, str(tmp_path / "renamed.onnx"))
+    with pytest.raises(ExportCheckError, match="INT8 contract"):
+        quantize.gate(fp32, tmp_path / "renamed.onnx", get_spec("lenet5"), trained=True)
+
+
+def test_int8_needs_the_fp32_graph(tmp_path):
+    with pytest.raises(ExportError, match="quantized from the fp32 graph"):
+        export("lenet5", tmp_path, random_init=True, precisions=("int8",))
+
+
+def test_untrained_int8_is_checked_for_answers_only(tmp_path):
+    result = export("lenet5", tmp_path, random_init=True, precisions=("fp32", "int8"))
+    answers = next(r for r in result.checks if r.name == "INT8 answers")
+    assert answers.passed and "not gated (random weights)" in answers.detail
+
+
+def test_segment_gate_scores_miou_and_mask_agreement(tmp_path, monkeypatch):
+    """ENet's gate on a two-frame CamVid: mIoU of both graphs and the share of equal mask pixels."""
+    from enet_serve.export import checks
+
+    root = tmp_path / "camvid"
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        lines = []
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (360, 480, 3), dtype=np.uint8)).save(root / split / f"0001TP_{i}.png")
+            Image.fromarray(rng.integers(0, 12, (360, 480), dtype=np.uint8)).save(root / f"{split}annot" / f"0001TP_{i}.png")
+            lines.append(f"{split}/0001TP_{i}.png {split}annot/0001TP_{i}.png")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(checks, "CAMVID_DIR", root)
+    spec = get_spec("enet")
+    result = export("enet", tmp_path / "repo", "enet-small", random_init=True, precisions=("fp32",), check=False)
+    fp32 = result.path / "1" / "model.fp32.onnx"
+    images, source = quantize.calibration_images(spec, trained=True)
+    assert source.startswith("CamVid train") and images.shape == (2, 360, 480, 3)
+    quantize.quantize(fp32, tmp_path / "enet.int8.onnx", images)
+    fp32_s, int8_s = quantize._session(fp32), quantize._session(tmp_path / "enet.int8.onnx")
+    miou, masks, confidence = quantize._segment_gate(fp32_s, int8_s, spec)
+    assert miou.name == "INT8 val mIoU" and "2 frames" in miou.detail
+    assert masks.name == "INT8 masks vs FP32" and "% of pixels equal" in masks.detail
+    assert confidence.name == "INT8 confidence vs FP32" and "within 16 of FP32's" in confidence.detail
