@@ -127,7 +127,7 @@ class Session:
             self.session = ort.InferenceSession(str(path), sess_options=session_options(settings, threads),
                                                 providers=plan.providers)
         except Exception as e:  # onnxruntime raises its own exception types
-            raise ModelLoadError(f"{path}: onnxruntime cannot load it: {e}") from e
+            raise ModelLoadError(f"{path}: onnxruntime cannot load it: {e}", path=path) from e
         self.providers = list(self.session.get_providers())
         self.provider = self.providers[0]
         inputs = self.session.get_inputs()

@@ -87,8 +87,17 @@ class ModelInfo(BaseModel):
     void: dict[str, Any] | None = None
 
 
+class ModelFaultInfo(BaseModel):
+    name: str
+    stage: Literal["load", "warm-up"]
+    file: str = Field(description="the file at fault: config.json or the ONNX file")
+    reason: str
+
+
 class ModelList(BaseModel):
     models: list[ModelInfo]
+    failed: list[ModelFaultInfo] = Field(
+        default_factory=list, description="models that failed to load or warm up (exit_on_error off): not served")
     defaults: dict[str, str | None] = Field(description="the model each route uses without model=",
                                             examples=[{"segment": "enet-camvid", "classify": "lenet5-fashion"}])
 
@@ -96,6 +105,8 @@ class ModelList(BaseModel):
 class Health(BaseModel):
     status: Literal["live", "ready", "not_ready"]
     models: dict[str, bool] = Field(default_factory=dict)
+    failed: dict[str, str] = Field(default_factory=dict, description="models that failed (exit_on_error off), "
+                                   "with why; they do not hold readiness down")
 
 
 # -- Open Inference Protocol (KServe v2) --------------------------------------------------------------
