@@ -14,6 +14,7 @@ from enet_serve.service.errors import install_error_handlers
 from enet_serve.service.inflight import CLIENT_GONE, InflightMiddleware
 from enet_serve.service.lifecycle import Lifecycle
 from enet_serve.service.metrics import Metrics
+from enet_serve.service.openapi import install_openapi
 from enet_serve.service.request_id import RequestIdMiddleware
 from enet_serve.service.server import ModelServer
 from enet_serve.service.settings import Settings
@@ -114,4 +115,5 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
         app.include_router(module.router)
     app.include_router(v2.router)
     app.include_router(v2.secured)
+    install_openapi(app, secured=bool(settings.api_keys))
     return app
