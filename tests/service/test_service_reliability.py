@@ -329,3 +329,21 @@ async def test_grace_over_answers_503_to_what_is_left(serve, monkeypatch):
         _error(await c.post("/segment", content=img), 503, "shutting_down")
     finally:
         gate.set()
+
+
+def test_kubernetes_grace_covers_the_drain():
+    """terminationGracePeriodSeconds >= preStop pause + drain_timeout_s, and the drain covers a request
+    accepted at the last moment: its body (body_timeout_s) plus its queue deadline (request_timeout_s)."""
+    import yaml
+
+    from svc_helpers import REPO_ROOT
+
+    docs = list(yaml.safe_load_all((REPO_ROOT / "deploy/kubernetes/deployment.yaml").read_text()))
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    settings = Settings(**{k[len("ENET_SERVE_"):].lower(): v for k, v in env.items()
+                           if v is not None and k != "ENET_SERVE_API_KEYS"})
+    pause = float(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert settings.drain_timeout_s >= settings.body_timeout_s + settings.request_timeout_s
+    assert pod["terminationGracePeriodSeconds"] >= pause + settings.drain_timeout_s
