@@ -114,11 +114,11 @@ class Settings(BaseSettings):
         "--exit-on-error; off: it is logged with its file and reason, stays unready (GET /models says why, its routes "
         "answer 503) and the other models serve")
     drain_timeout_s: float = Field(
-        45.0, gt=0, description="on SIGTERM: how long the requests already accepted (running or queued) have to be "
+        60.0, gt=0, description="on SIGTERM: how long the requests already accepted (running or queued) have to be "
         "answered before the rest get 503 and the process exits; keep it above body_timeout_s + request_timeout_s "
         "for a drain that loses nothing")
     body_timeout_s: float = Field(
-        30.0, gt=0, description="time a request body may take to arrive in full; past it 408 (a trickling client "
+        20.0, gt=0, description="time a request body may take to arrive in full; past it 408 (a trickling client "
         "holds no decode thread meanwhile)")
     max_connections: int = Field(
         512, ge=1, description="requests served at once, each holding its connection (health and metrics not "
