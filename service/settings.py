@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field("info", description="log level")
     access_log: bool = Field(True, description="log one line per request")
 
-    # -- reliability: faults, drain, slow clients, tracing ----------------------------------------
+    # -- reliability: faults, drain, slow clients, logs --------------------------------------------
     exit_on_error: bool = Field(
         True, description="a model that fails to load or warm up stops the server (exit 3), as Triton's "
         "--exit-on-error; off: it is logged with its file and reason, stays unready (GET /models says why, its routes "
@@ -125,9 +125,6 @@ class Settings(BaseSettings):
         "counted); past it 503 with Retry-After")
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines as text or as one JSON object per line; both carry the request id")
-    tracing: Literal["off", "console", "otlp"] = Field(
-        "off", description="OpenTelemetry spans (request, decode, queue wait, inference, encode): console prints "
-        "them, otlp exports them (OTEL_EXPORTER_OTLP_* variables); needs the `otel` extra")
 
     @field_validator("models", "api_keys", mode="before")
     @classmethod
