@@ -11,7 +11,11 @@ from fastapi import FastAPI
 from enet_serve.service._version import __version__
 from enet_serve.service.api import classify, health, metrics as metrics_api, models, segment, stream, v2
 from enet_serve.service.errors import install_error_handlers
+from enet_serve.service.inflight import CLIENT_GONE, InflightMiddleware
+from enet_serve.service.lifecycle import Lifecycle
 from enet_serve.service.metrics import Metrics
+from enet_serve.service.openapi import install_openapi
+from enet_serve.service.request_id import RequestIdMiddleware
 from enet_serve.service.server import ModelServer
 from enet_serve.service.settings import Settings
 
@@ -23,7 +27,8 @@ with dynamic batching.
 
 * `POST /segment` and `POST /classify` take the image bytes as the body (`image/jpeg`, `image/png`, ...)
   or `multipart/form-data` with a field `image`.
-* Errors are `{"error": {"code", "message"}}`.
+* Errors are `{"error": {"code", "message"}}`. Every response carries an `X-Request-ID` (the request's own, or a
+  new one), also written on the server's log lines of that request.
 * When API keys are configured, send `Authorization: Bearer KEY` or `X-API-Key: KEY`
   (health, metrics and docs need none).
 * `/v2/...` is the Open Inference Protocol (KServe v2).
@@ -63,6 +68,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            if scope.get(CLIENT_GONE):
+                status = 499  # nginx's "client closed request": nothing was sent
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             state = scope.get("state") or {}
@@ -71,13 +78,15 @@ class MetricsMiddleware:
             self.metrics.request_duration.labels(model, path).observe(time.perf_counter() - start)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = None) -> FastAPI:
+    """The app; `lifecycle` is shared with the process runner (service/drain.py) that drains it."""
     settings = settings or Settings()
     metrics = Metrics()
+    lifecycle = lifecycle or Lifecycle()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        server = ModelServer(settings, metrics)
+        server = ModelServer(settings, metrics, lifecycle)
         app.state.server = server
         try:
             await asyncio.to_thread(server.load)
@@ -85,8 +94,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await server.stop()
             raise
         server.start()
-        log.info("enet-serve: %d model(s) loaded from %s: %s", len(server.models), settings.repository,
-                 ", ".join(f"{n} ({m.runtime.provider}, {m.runtime.precision})" for n, m in server.models.items()))
+        log.info("enet-serve: %d model(s) loaded from %s: %s%s", len(server.models), settings.repository,
+                 ", ".join(f"{n} ({m.runtime.provider}, {m.runtime.precision})" for n, m in server.models.items()),
+                 f"; failed: {', '.join(server.faults)}" if server.faults else "")
         try:
             yield
         finally:
@@ -97,12 +107,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.stream_connections = stream.StreamConnections(settings.stream_max_connections)
-    app.state.server = ModelServer(settings, metrics)  # replaced at startup; answers "not ready" before it
+    app.state.lifecycle = lifecycle
+    app.state.server = ModelServer(settings, metrics, lifecycle)  # replaced at startup; "not ready" before it
     install_error_handlers(app)
+    # outermost last: request id (on every response) > metrics (every status counted) > in-flight limits
+    app.add_middleware(InflightMiddleware, settings=settings, lifecycle=lifecycle)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware)
     for module in (segment, classify, models, health, metrics_api):
         app.include_router(module.router)
     app.include_router(stream.router)
     app.include_router(v2.router)
     app.include_router(v2.secured)
+    install_openapi(app, secured=bool(settings.api_keys))
     return app

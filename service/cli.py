@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import logging
 import sys
 import typing
 from pathlib import Path
@@ -59,23 +57,29 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from enet_serve.service.app import create_app
+    from enet_serve.service.drain import FATAL_EXIT_CODE, DrainingServer
+    from enet_serve.service.lifecycle import Lifecycle
+    from enet_serve.service.logs import configure_logging
 
-    level = "DEBUG" if settings.log_level == "trace" else settings.log_level.upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     if not settings.repository.is_dir():
         print(f"enet-serve serve: model repository {settings.repository} is not a directory", file=sys.stderr)
         return 2
-    uvicorn.run(
-        functools.partial(create_app, settings),
-        factory=True,
+    lifecycle = Lifecycle()
+    config = uvicorn.Config(
+        create_app(settings, lifecycle),
         host=settings.host,
         port=settings.port,
+        log_config=None,  # configure_logging's: every line with its request id
         log_level=settings.log_level,
         access_log=settings.access_log,
-        timeout_graceful_shutdown=10,
         ws_max_size=settings.stream_max_frame_bytes,  # the protocol layer refuses larger frames before buffering them
     )
-    return 0
+    server = DrainingServer(config, lifecycle, settings.drain_timeout_s)
+    server.run()
+    if not server.started:
+        return FATAL_EXIT_CODE  # the start failed (a model, with exit_on_error on): uvicorn's exit code 3
+    return server.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

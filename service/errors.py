@@ -1,8 +1,9 @@
 """Errors of the service and the handlers that turn every failure into `{"error": {"code", "message"}}`.
 
 Statuses follow design.md: 400 bad image, 401 API key, 404 unknown model or route, 405 method,
-413 body or image too large, 415 media type, 422 bad parameters, 503 queue full or not ready
-(with Retry-After), 504 deadline passed in the queue, 500 anything unexpected.
+408 body too slow, 413 body or image too large, 415 media type, 422 bad parameters, 503 queue full,
+not ready, model failed, too many connections or shutting down (with Retry-After), 504 deadline
+passed in the queue, 500 anything unexpected.
 """
 from __future__ import annotations
 
@@ -84,6 +85,24 @@ class NotReady(ServiceUnavailable):
     code = "not_ready"
 
 
+class ModelFailed(ServiceUnavailable):
+    """The model failed to load or warm up (exit_on_error off): the message names the file and the reason."""
+
+    code = "model_failed"
+
+
+class TooManyConnections(ServiceUnavailable):
+    code = "too_many_connections"
+
+
+class ShuttingDown(ServiceUnavailable):
+    code = "shutting_down"
+
+
+class BodyTimeout(ServiceError):
+    status, code = 408, "body_timeout"
+
+
 class DeadlineExceeded(ServiceError):
     status, code = 504, "deadline_exceeded"
 
@@ -93,7 +112,12 @@ class InferenceFailed(ServiceError):
 
 
 class ModelLoadError(Exception):
-    """A model of the repository cannot be served (bad config, sha256 mismatch, untrained, ...)."""
+    """A model of the repository cannot be served (bad config, sha256 mismatch, untrained, ...);
+    `path`: the file at fault, when one is."""
+
+    def __init__(self, message: str, *, path=None):
+        super().__init__(message)
+        self.path = path
 
 
 def error_body(code: str, message: str, details=None) -> dict:
@@ -110,7 +134,7 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 _HTTP_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    406: "not_acceptable", 413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_parameter",
+    406: "not_acceptable", 408: "body_timeout", 413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_parameter",
     429: "too_many_requests", 500: "internal_error", 503: "unavailable", 504: "deadline_exceeded",
 }
 

@@ -11,6 +11,7 @@ Names follow the Prometheus conventions (base units in the name, `_total` on cou
 - enet_serve_decode_duration_seconds{model}           (histogram: decode + resize)
 - enet_serve_queue_depth{model}                       (gauge)
 - enet_serve_model_ready{model}                       (gauge, 1 when loaded and warmed)
+- enet_serve_model_failed{model, stage}              (gauge, 1 when it failed to load or warm up; exit_on_error off)
 - enet_serve_deadline_exceeded_total{model}
 - enet_serve_model_info{model, provider, precision, task} (gauge, always 1)
 - enet_serve_class_pixels_ratio{model, class}          (histogram: per image, the share of its pixels of the class)
@@ -62,6 +63,8 @@ class Metrics:
                                 ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge(f"{ns}_queue_depth", "requests waiting for a batch", ["model"], registry=r)
         self.model_ready = Gauge(f"{ns}_model_ready", "1 when the model is loaded and warmed", ["model"], registry=r)
+        self.model_failed = Gauge(f"{ns}_model_failed", "1 when the model failed to load or warm up (stage)",
+                                  ["model", "stage"], registry=r)
         self.deadline_exceeded = Counter(f"{ns}_deadline_exceeded", "requests whose deadline passed in the queue",
                                          ["model"], registry=r)
         self.model_info = Gauge(f"{ns}_model_info", "the execution provider and precision in use",

@@ -34,14 +34,16 @@ class ModelEntry(BaseModel):
         if not path.is_relative_to(self.directory.resolve()):
             raise ModelLoadError(f"{self.name}: file path {spec.path!r} leaves the model directory")
         if not path.is_file():
-            raise ModelLoadError(f"{self.name}: {precision} file {path} does not exist")
+            raise ModelLoadError(f"{self.name}: {precision} file {path} does not exist", path=path)
         if verify:
             if spec.bytes is not None and path.stat().st_size != spec.bytes:
-                raise ModelLoadError(f"{self.name}: {path.name} has {path.stat().st_size} bytes, config.json says {spec.bytes}")
+                raise ModelLoadError(f"{self.name}: {path.name} has {path.stat().st_size} bytes, config.json says {spec.bytes}",
+                                     path=path)
             if spec.sha256:
                 digest = sha256_file(path)
                 if digest.lower() != spec.sha256.lower():
-                    raise ModelLoadError(f"{self.name}: sha256 of {path.name} is {digest}, config.json says {spec.sha256}")
+                    raise ModelLoadError(f"{self.name}: sha256 of {path.name} is {digest}, config.json says {spec.sha256}",
+                                         path=path)
             else:
                 log.warning("%s: config.json has no sha256 for %s; not verified", self.name, path.name)
         return path
@@ -67,7 +69,7 @@ class ModelRepository:
         try:
             config = load_config(path)
         except ModelConfigError as e:
-            raise ModelLoadError(str(e)) from e
+            raise ModelLoadError(str(e), path=path) from e
         if config.name != name:
             log.warning("%s: config.json says name %r; serving it as %r (the directory name)", path, config.name, name)
         return ModelEntry(name=name, directory=directory, config=config)

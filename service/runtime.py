@@ -215,7 +215,7 @@ class Session:
             self.session = rt.InferenceSession(str(path), sess_options=session_options(settings, threads, plan.on_gpu),
                                                providers=plan.providers)
         except Exception as e:  # onnxruntime raises its own exception types (EPFail is no RuntimeError)
-            raise ModelLoadError(f"{path}: onnxruntime cannot load it on {plan.provider}: {one_line(e)}") from e
+            raise ModelLoadError(f"{path}: onnxruntime cannot load it on {plan.provider}: {one_line(e)}", path=path) from e
         self.providers = list(self.session.get_providers())
         self.provider = self.providers[0] if self.providers else "none"
         inputs = self.session.get_inputs()
@@ -314,7 +314,8 @@ class ModelRuntime:
             except Exception as e:
                 reason = one_line(e)
                 if explicit or i == len(devices) - 1:
-                    raise ModelLoadError(f"{entry.name}: device={device} ({PROVIDER_OF[device]}) failed: {reason}") from e
+                    raise ModelLoadError(f"{entry.name}: device={device} ({PROVIDER_OF[device]}) failed: {reason}",
+                                         path=getattr(e, "path", None)) from e
                 log.warning("%s: %s failed, falling back to %s: %s", entry.name, PROVIDER_OF[device],
                             PROVIDER_OF[devices[i + 1]], reason)
                 fallbacks.append({"provider": PROVIDER_OF[device], "reason": reason})

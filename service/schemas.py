@@ -1,7 +1,7 @@
 """Response (and v2 request) models, with the examples shown by the OpenAPI docs at /docs."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -131,8 +131,17 @@ class ModelInfo(BaseModel):
     void: dict[str, Any] | None = None
 
 
+class ModelFaultInfo(BaseModel):
+    name: str
+    stage: Literal["load", "warm-up"]
+    file: str = Field(description="the file at fault: config.json or the ONNX file")
+    reason: str
+
+
 class ModelList(BaseModel):
     models: list[ModelInfo]
+    failed: list[ModelFaultInfo] = Field(
+        default_factory=list, description="models that failed to load or warm up (exit_on_error off): not served")
     defaults: dict[str, str | None] = Field(description="the model each route uses without model=",
                                             examples=[{"segment": "enet-camvid", "classify": "lenet5-fashion"}])
 
@@ -140,6 +149,8 @@ class ModelList(BaseModel):
 class Health(BaseModel):
     status: Literal["live", "ready", "not_ready"]
     models: dict[str, bool] = Field(default_factory=dict)
+    failed: dict[str, str] = Field(default_factory=dict, description="models that failed (exit_on_error off), "
+                                   "with why; they do not hold readiness down")
 
 
 # -- Open Inference Protocol (KServe v2) --------------------------------------------------------------
@@ -152,20 +163,35 @@ class V2Tensor(BaseModel):
     data: Any | None = None
 
 
+# The v2 datatypes (the server's input is UINT8; the others are refused with a message naming it).
+V2Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
+                     "FP64", "BYTES"]
+
+
+class V2InferInput(BaseModel):
+    """An input tensor of a request: as strict as the server reads it (a name, a known datatype, a shape)."""
+
+    name: str = Field(min_length=1, description="the model's input name (`image`)")
+    shape: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, description="[N, H, W, C] for `image`")
+    datatype: V2Datatype
+    parameters: dict[str, Any] | None = None
+    data: Any | None = None
+
+
 class V2RequestedOutput(BaseModel):
-    name: str
+    name: str = Field(min_length=1)
     parameters: dict[str, Any] | None = None
 
 
 class V2InferRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "id": "42",
-        "inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "UINT8", "data": [0] * 8 + ["..."]}],
-        "outputs": [{"name": "probabilities"}],
+        "inputs": [{"name": "image", "shape": [1, 8, 8, 3], "datatype": "UINT8", "data": [0] * 192}],
+        "outputs": [{"name": "mask"}],
     }]})
     id: str | None = None
     parameters: dict[str, Any] | None = None
-    inputs: list[V2Tensor] = Field(min_length=1)
+    inputs: list[V2InferInput] = Field(min_length=1)
     outputs: list[V2RequestedOutput] | None = None
 
 

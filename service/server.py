@@ -4,8 +4,10 @@ What decode and encode do is the model's task handler's (service/tasks); `ModelS
 start-up, the shutdown, the lookup of models and the pipeline between the two ends.
 
 `ModelServer.load()` reads the repository, verifies and opens every configured model (a failure
-stops the start, as Triton does); `start()` starts the batchers and warms every model in the
-background, so `/health/live` answers at once and `/health/ready` turns 200 only once all are warm.
+stops the start, as Triton does, unless `exit_on_error` is off: then the model is kept as a
+`ModelFault`, its routes answer 503 naming it, and the others serve); `start()` starts the batchers
+and warms every model in the background, so `/health/live` answers at once and `/health/ready`
+turns 200 only once all the working models are warm (and 503 again once the server drains).
 """
 from __future__ import annotations
 
@@ -13,13 +15,15 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
 from enet_serve.service.batching import Batcher
-from enet_serve.service.errors import InvalidParameter, ModelLoadError, ModelNotFound, NotReady
+from enet_serve.service.errors import InvalidParameter, ModelFailed, ModelLoadError, ModelNotFound, NotReady
+from enet_serve.service.faults import ModelFault, fault_of
+from enet_serve.service.lifecycle import Lifecycle
 from enet_serve.service.metrics import Metrics
 from enet_serve.service.repository import ModelConfig, ModelEntry, ModelRepository
 from enet_serve.service.runtime import ModelRuntime, pick_batch_size, tuning_candidates
@@ -36,6 +40,7 @@ class Readiness:
     ready: bool
     models: dict[str, bool]
     reason: str | None = None
+    failed: dict[str, str] = field(default_factory=dict)  # model -> its fault (exit_on_error off)
 
 
 class LoadedModel:
@@ -95,10 +100,12 @@ class LoadedModel:
 
 
 class ModelServer:
-    def __init__(self, settings: Settings, metrics: Metrics):
+    def __init__(self, settings: Settings, metrics: Metrics, lifecycle: Lifecycle | None = None):
         self.settings = settings
         self.metrics = metrics
+        self.lifecycle = lifecycle or Lifecycle()
         self.models: dict[str, LoadedModel] = {}
+        self.faults: dict[str, ModelFault] = {}  # models that failed to load or warm up
         self.codec_pool = ThreadPoolExecutor(max_workers=settings.codec_threads(), thread_name_prefix="codec")
         self._warm_task: asyncio.Task | None = None
         self.warm_error: str | None = None
@@ -112,17 +119,35 @@ class ModelServer:
         names = s.models or repo.names()
         if not names:
             raise ModelLoadError(f"no models in {s.repository} (expected <name>/config.json)")
-        for entry in repo.entries(names):
-            if not entry.config.weights.trained and not s.allow_untrained:
-                raise ModelLoadError(
-                    f"{entry.name}: config.json says weights.trained: false (random weights); refusing to serve it. "
-                    "Export trained weights, or start with --allow-untrained / ENET_SERVE_ALLOW_UNTRAINED=1")
-            runtime = ModelRuntime.load(entry, s)
-            loaded = LoadedModel(entry, runtime, s)
-            loaded.handler.bind_metrics(self.metrics)
-            self.models[entry.name] = loaded
-            self.metrics.model_ready.labels(entry.name).set(0)
-            self.metrics.model_info.labels(entry.name, entry.config.task, runtime.provider, runtime.precision).set(1)
+        for name in names:
+            try:
+                self._load_one(repo, name)
+            except Exception as e:
+                if s.exit_on_error:
+                    raise
+                self._record_fault(fault_of(name, "load", e, repo.root / name / "config.json"))
+
+    def _load_one(self, repo: ModelRepository, name: str) -> None:
+        s = self.settings
+        entry = repo.entry(name)
+        if not entry.config.weights.trained and not s.allow_untrained:
+            raise ModelLoadError(
+                f"{entry.name}: config.json says weights.trained: false (random weights); refusing to serve it. "
+                "Export trained weights, or start with --allow-untrained / ENET_SERVE_ALLOW_UNTRAINED=1",
+                path=entry.directory / "config.json")
+        runtime = ModelRuntime.load(entry, s)
+        loaded = LoadedModel(entry, runtime, s)
+        loaded.handler.bind_metrics(self.metrics)
+        self.models[entry.name] = loaded
+        self.metrics.model_ready.labels(entry.name).set(0)
+        self.metrics.model_info.labels(entry.name, entry.config.task, runtime.provider, runtime.precision).set(1)
+
+    def _record_fault(self, fault: ModelFault) -> None:
+        """exit_on_error off: keep serving the others; the fault shows in the log, /models, 503s and /metrics."""
+        self.faults[fault.name] = fault
+        log.error("%s; exit_on_error is off: serving the other models without it", fault.message)
+        self.metrics.model_ready.labels(fault.name).set(0)
+        self.metrics.model_failed.labels(fault.name, fault.stage).set(1)
 
     def start(self) -> None:
         """Start the batchers and the background warm-up (needs the running loop)."""
@@ -155,9 +180,14 @@ class ModelServer:
                 if not (s.warm_batch_sizes == "all" and s.tune_batch_size and s.max_batch_size > 1):  # not warm yet
                     seconds = await loop.run_in_executor(None, warm_model, m, list(range(1, top + 1)))
             except Exception as e:
-                self.warm_error = f"{m.name}: warm-up failed: {e}"
                 log.exception("%s: warm-up failed", m.name)
-                return
+                fault = fault_of(m.name, "warm-up", e, m.runtime.path)
+                if self.settings.exit_on_error:
+                    self.warm_error = fault.message
+                    self.lifecycle.stop_fatally(fault.message)
+                    return
+                self._record_fault(fault)
+                continue
             m.ready = True
             self.metrics.model_ready.labels(m.name).set(1)
             log.info("%s: warm (batch sizes 1..%d) in %.2f s; batches of up to %d (measured images/s: %s)", m.name,
@@ -180,21 +210,35 @@ class ModelServer:
 
     @property
     def ready(self) -> bool:
-        return bool(self.models) and all(m.ready for m in self.models.values())
+        """Every working model is warm (failed ones aside: exit_on_error off), and the server is not draining."""
+        working = [m for name, m in self.models.items() if name not in self.faults]
+        return bool(working) and all(m.ready for m in working) and not self.lifecycle.draining
 
     def readiness(self) -> Readiness:
         """The one answer to "is the server ready?", for /health/ready and /v2/health/ready."""
-        models = {name: m.ready for name, m in sorted(self.models.items())}
+        models = {name: self.models[name].ready if name in self.models else False
+                  for name in sorted({*self.models, *self.faults})}
+        failed = {name: fault.message for name, fault in sorted(self.faults.items())}
         if self.ready:
-            return Readiness(True, models)
-        waiting = [n for n, ok in models.items() if not ok]
-        return Readiness(False, models, self.warm_error or f"warming up: {', '.join(waiting) or 'loading'}")
+            return Readiness(True, models, failed=failed)
+        if self.lifecycle.draining:
+            reason = "draining: the server is shutting down"
+        elif self.warm_error:
+            reason = self.warm_error
+        elif self.faults and all(name in self.faults for name in models):
+            reason = "no model works: " + "; ".join(failed.values())
+        else:
+            waiting = [n for n, ok in models.items() if not ok and n not in self.faults]
+            reason = f"warming up: {', '.join(waiting) or 'loading'}"
+        return Readiness(False, models, reason, failed)
 
     # -- lookup ----------------------------------------------------------------------------------------
     def default_name(self, task: str) -> str | None:
         wanted = HANDLERS[task].default_model(self.settings)
         if wanted in self.models and self.models[wanted].task == task:
             return wanted
+        if wanted in self.faults and wanted not in self.models:
+            return wanted  # the default failed to load: its requests hear why (503) rather than "no model"
         same = sorted(n for n, m in self.models.items() if m.task == task)
         return same[0] if same else None
 
@@ -205,6 +249,8 @@ class ModelServer:
             if name is None:
                 raise ModelNotFound(f"no {HANDLERS[task].word} model is loaded")
         model = self.models.get(name)
+        if model is None and name in self.faults:
+            raise ModelFailed(self.faults[name].message, retry_after=30)
         if model is None:
             raise ModelNotFound(f"unknown model {name!r}; loaded: {', '.join(sorted(self.models)) or 'none'}")
         if task is not None and model.task != task:
@@ -213,6 +259,8 @@ class ModelServer:
         return model
 
     def ensure_ready(self, model: LoadedModel) -> LoadedModel:
+        if model.name in self.faults:
+            raise ModelFailed(self.faults[model.name].message, retry_after=30)
         if not model.ready or model.batcher is None:
             raise NotReady(f"model {model.name} is still loading (warming up); retry shortly", retry_after=2)
         return model

@@ -155,6 +155,24 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field("info", description="log level")
     access_log: bool = Field(True, description="log one line per request")
 
+    # -- reliability: faults, drain, slow clients, logs --------------------------------------------
+    exit_on_error: bool = Field(
+        True, description="a model that fails to load or warm up stops the server (exit 3), as Triton's "
+        "--exit-on-error; off: it is logged with its file and reason, stays unready (GET /models says why, its routes "
+        "answer 503) and the other models serve")
+    drain_timeout_s: float = Field(
+        60.0, gt=0, description="on SIGTERM: how long the requests already accepted (running or queued) have to be "
+        "answered before the rest get 503 and the process exits; keep it above body_timeout_s + request_timeout_s "
+        "for a drain that loses nothing")
+    body_timeout_s: float = Field(
+        20.0, gt=0, description="time a request body may take to arrive in full; past it 408 (a trickling client "
+        "holds no decode thread meanwhile)")
+    max_connections: int = Field(
+        512, ge=1, description="requests served at once, each holding its connection (health and metrics not "
+        "counted); past it 503 with Retry-After")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as text or as one JSON object per line; both carry the request id")
+
     @field_validator("models", "api_keys", mode="before")
     @classmethod
     def _split_list(cls, value):

@@ -21,7 +21,8 @@ async def live() -> dict:
 async def ready(server: ServerDep):
     state = server.readiness()
     if state.ready:
-        return {"status": "ready", "models": state.models}
+        return {"status": "ready", "models": state.models, "failed": state.failed}
     body = error_body("not_ready", state.reason or "not ready")
     body["models"] = state.models
+    body["failed"] = state.failed
     return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})

@@ -16,6 +16,7 @@ async def list_models(server: ServerDep) -> dict:
     return {
         "models": [m.describe() for _, m in sorted(server.models.items())],
         "defaults": {task: server.default_name(task) for task in HANDLERS},
+        "failed": [fault.describe() for _, fault in sorted(server.faults.items())],
     }
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from enet_serve.service.api.deps import SegmentModelDep, ServerDep, SettingsDep, read_image, require_api_key
-from enet_serve.service.schemas import ERROR_RESPONSES, IMAGE_REQUEST_BODY, SegmentResponse
+from enet_serve.service.schemas import ERROR_RESPONSES, IMAGE_REQUEST_BODY, SegmentResponse, SegmentRleResponse
 from enet_serve.service.tasks import SEGMENT_FORMATS, SegmentOptions, SegmentTask
 
 router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
@@ -31,11 +31,11 @@ Format = Literal[tuple(SEGMENT_FORMATS)]  # type: ignore[valid-type]
         "turns pixels the model is less sure of into the void class, and `classes=Road,Car` every other class; "
         "`regions=true` (JSON formats) adds each class's connected regions of at least `min_area` pixels."
     ),
-    response_model=SegmentResponse,
+    response_model=SegmentResponse | SegmentRleResponse,  # the JSON formats: json, rle
     responses={
         200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
                           "image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
-              "description": "JSON (format=json; format=rle: SegmentRleResponse), the mask PNG (format=png), the "
+              "description": "JSON (format=json: SegmentResponse; format=rle: SegmentRleResponse), the mask PNG (format=png), the "
                              "grey confidence PNG (format=confidence) or the overlay JPEG (format=overlay)"},
         **ERROR_RESPONSES,
     },
