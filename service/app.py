@@ -7,13 +7,15 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from enet_serve.service._version import __version__
-from enet_serve.service.api import classify, health, metrics as metrics_api, models, segment, v2
+from enet_serve.service.api import classify, health, metrics as metrics_api, models, segment, ui, v2
 from enet_serve.service.errors import install_error_handlers
 from enet_serve.service.metrics import Metrics
 from enet_serve.service.server import ModelServer
 from enet_serve.service.settings import Settings
+from enet_serve.service.timing import ServerTimingMiddleware
 
 log = logging.getLogger("service")
 
@@ -90,15 +92,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await server.stop()
 
-    app = FastAPI(title="enet-serve", version=__version__, description=DESCRIPTION, openapi_tags=TAGS,
-                  lifespan=lifespan)
+    # /docs and /redoc with Swagger UI's and ReDoc's files from the fastapi-offline package: nothing is
+    # fetched from a CDN, so they render behind a firewall
+    app = FastAPIOffline(title="enet-serve", version=__version__, description=DESCRIPTION, openapi_tags=TAGS,
+                         lifespan=lifespan, favicon_url="/static/favicon.svg" if settings.demo_page else None)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.server = ModelServer(settings, metrics)  # replaced at startup; answers "not ready" before it
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if settings.server_timing:
+        app.add_middleware(ServerTimingMiddleware)
     for module in (segment, classify, models, health, metrics_api):
         app.include_router(module.router)
     app.include_router(v2.router)
     app.include_router(v2.secured)
+    if settings.demo_page:
+        ui.install(app)
     return app

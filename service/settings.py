@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of mask PNGs (RLE strategy)")
     overlay_alpha: float = Field(0.5, ge=0, le=1, description="default weight of the mask colours in format=overlay")
 
+    # -- demo page and response timings --------------------------------------------------------
+    demo_page: bool = Field(
+        True, description="serve the demo page at / (its files under /static, its data at /ui/config); off: / is 404")
+    server_timing: bool = Field(
+        True, description="add a Server-Timing header to every response: decode, queue, infer, encode and total ms")
+
     # -- server --------------------------------------------------------------------------------
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
