@@ -7,10 +7,9 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi_offline import FastAPIOffline
 
 from enet_serve.service._version import __version__
-from enet_serve.service.api import classify, health, metrics as metrics_api, models, segment, ui, v2
+from enet_serve.service.api import classify, docs, health, metrics as metrics_api, models, segment, ui, v2
 from enet_serve.service.errors import install_error_handlers
 from enet_serve.service.metrics import Metrics
 from enet_serve.service.server import ModelServer
@@ -92,10 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await server.stop()
 
-    # /docs and /redoc with Swagger UI's and ReDoc's files from the fastapi-offline package: nothing is
-    # fetched from a CDN, so they render behind a firewall
-    app = FastAPIOffline(title="enet-serve", version=__version__, description=DESCRIPTION, openapi_tags=TAGS,
-                         lifespan=lifespan, favicon_url="/static/favicon.svg" if settings.demo_page else None)
+    # /docs and /redoc are served by api/docs.py from installed files (FastAPI's own link to a CDN)
+    app = FastAPI(title="enet-serve", version=__version__, description=DESCRIPTION, openapi_tags=TAGS,
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.server = ModelServer(settings, metrics)  # replaced at startup; answers "not ready" before it
@@ -107,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.include_router(v2.router)
     app.include_router(v2.secured)
+    docs.install(app)
     if settings.demo_page:
         ui.install(app)
     return app

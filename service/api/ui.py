@@ -25,13 +25,19 @@ SAMPLES_DIR = STATIC_DIR / "samples"
 STATIC_URL = "/static"
 STREAM_PATH = "/segment/stream"  # the WebSocket route of issue 10's video stream, when this server has it
 
+# This host only: the page's requests (fetch, the video WebSocket) and its files; images from blob: and
+# data: URLs (the chosen file, the mask PNG), a chosen video file from a blob: URL.
+CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; style-src 'self'; "
+       "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'self'")
+
 router = APIRouter(include_in_schema=False)
 
 
 @router.get("/")
 async def index() -> FileResponse:
     # no-cache: a new version of the page is picked up at once (it revalidates with the ETag)
-    return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
+                        headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP})
 
 
 @lru_cache(maxsize=1)
