@@ -28,6 +28,8 @@ with dynamic batching.
 * When API keys are configured, send `Authorization: Bearer KEY` or `X-API-Key: KEY`
   (health, metrics and docs need none).
 * `/v2/...` is the Open Inference Protocol (KServe v2).
+* Every response carries `Server-Timing`: decode, queue, infer, encode and total, in ms.
+* `GET /` is a demo page for people: upload an image, see the mask or the top 5.
 """
 
 TAGS = [
