@@ -39,7 +39,8 @@ COPY models/ models/
 COPY export/ export/
 COPY training/ training/
 COPY bench/ bench/
-RUN pip install --no-deps . && python -c "import enet_serve.service.app, enet_serve.cli"
+# (checked from / : in /src the source folder enet_serve/, without its mapped sub-packages, would shadow it)
+RUN pip install --no-deps . && cd / && python -c "import enet_serve.service.app, enet_serve.cli"
 
 FROM ${BASE_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \

@@ -407,6 +407,13 @@ function showTimings(roundTrip, timing, extra = []) {
     span.title = key;
     bar.append(span);
   }
+  if (!server && timing.total !== undefined) {  // only the server's total (the video stream's latency_ms)
+    const span = document.createElement("span");
+    span.style.width = `${Math.min(1, timing.total / roundTrip) * 100}%`;
+    span.style.background = STAGES[2][2];
+    bar.append(span);
+    server = timing.total;
+  }
   if (timing.total !== undefined && roundTrip > server) {
     const span = document.createElement("span");
     span.style.width = `${((roundTrip - server) / roundTrip) * 100}%`;
@@ -616,7 +623,7 @@ async function onStreamMessage(v, data) {
     if (!$("legend").matches(":hover")) renderLegend(header.class_fractions, v.model);
     v.answered += 1;
     const seconds = (performance.now() - v.started) / 1000;
-    showTimings(performance.now() - frame.sent, { infer: header.latency_ms }, [
+    showTimings(performance.now() - frame.sent, { total: header.latency_ms }, [
       ["Frames answered", `${v.answered}`],
       ["Frames dropped", `${v.dropped}`],
       ["Frames per second", `${(v.answered / seconds).toFixed(1)}`],
