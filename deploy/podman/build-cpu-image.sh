@@ -26,8 +26,8 @@ fi
   > "$WORK/requirements.txt"
 "$PYTHON" -m pip download -q -d "$WORK/wheels" -r "$WORK/requirements.txt" "setuptools>=77" wheel pip
 
-# 3. The image: the repository's Dockerfile, unchanged, its RUN steps in a chroot.
-podman build --isolation=chroot \
+# 3. The image: the repository's Dockerfile, its RUN steps in a chroot (docker format: OCI drops HEALTHCHECK).
+podman build --isolation=chroot --format docker \
   --volume "$WORK/wheels:/wheels:ro" --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheels \
   --build-arg BASE_IMAGE="$BASE" -t "$IMAGE" .
 podman image ls "$IMAGE"
