@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from svc_helpers import CAMVID, REPO_ROOT
+from svc_helpers import CAMVID, REPO_ROOT, stop_process
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright is in the dev extra: pip install -e '.[dev]'")
 
@@ -81,22 +80,13 @@ def start_server(tmp: Path, *flags: str) -> tuple[subprocess.Popen, str]:
         time.sleep(0.2)
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     proc, base = start_server(tmp_path_factory.mktemp("demo_server"), "--max-body-bytes", "1000000")
     try:
         yield base
     finally:
-        stop_server(proc)
+        stop_process(proc)
 
 
 class Page:
@@ -299,7 +289,7 @@ def test_page_asks_for_the_api_key(browser, tmp_path):
         page.wait_for_selector("#bars li")
         p.close()
     finally:
-        stop_server(proc)
+        stop_process(proc)
 
 
 def test_video_tab_says_when_the_stream_route_is_missing(page, server):
