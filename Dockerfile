@@ -19,6 +19,11 @@ FROM ${PYTHON_IMAGE} AS build
 ARG VARIANT=cpu
 ARG TENSORRT=none
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Where PyPI cannot be reached: a local wheelhouse mounted at build time (deploy/podman/build-cpu-image.sh),
+#   --volume "$PWD/wheels:/wheels:ro" --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheels
+# (build arguments are environment variables of the RUN steps, and never reach the final image).
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH

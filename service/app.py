@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from enet_serve.service._version import __version__
-from enet_serve.service.api import classify, health, metrics as metrics_api, models, segment, stream, v2
+from enet_serve.service.api import classify, docs, health, metrics as metrics_api, models, segment, stream, ui, v2
 from enet_serve.service.errors import install_error_handlers
 from enet_serve.service.inflight import CLIENT_GONE, InflightMiddleware
 from enet_serve.service.lifecycle import Lifecycle
@@ -18,6 +18,7 @@ from enet_serve.service.openapi import install_openapi
 from enet_serve.service.request_id import RequestIdMiddleware
 from enet_serve.service.server import ModelServer
 from enet_serve.service.settings import Settings
+from enet_serve.service.timing import ServerTimingMiddleware
 
 log = logging.getLogger("service")
 
@@ -34,6 +35,8 @@ with dynamic batching.
 * `/v2/...` is the Open Inference Protocol (KServe v2).
 * `WS /segment/stream` (not listed below: OpenAPI has no WebSockets) takes video frames as binary
   messages with /segment's query parameters and answers the newest frame; see the README.
+* Every response carries `Server-Timing`: decode, queue, infer, encode and total, in ms.
+* `GET /` is a demo page for people: upload an image, see the mask or the top 5.
 """
 
 TAGS = [
@@ -102,22 +105,28 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
         finally:
             await server.stop()
 
+    # /docs and /redoc are served by api/docs.py from installed files (FastAPI's own link to a CDN)
     app = FastAPI(title="enet-serve", version=__version__, description=DESCRIPTION, openapi_tags=TAGS,
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.stream_connections = stream.StreamConnections(settings.stream_max_connections)
     app.state.lifecycle = lifecycle
     app.state.server = ModelServer(settings, metrics, lifecycle)  # replaced at startup; "not ready" before it
     install_error_handlers(app)
-    # outermost last: request id (on every response) > metrics (every status counted) > in-flight limits
+    # outermost last: request id (on every response) > Server-Timing > metrics (every status counted) > in-flight limits
     app.add_middleware(InflightMiddleware, settings=settings, lifecycle=lifecycle)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if settings.server_timing:
+        app.add_middleware(ServerTimingMiddleware)
     app.add_middleware(RequestIdMiddleware)
     for module in (segment, classify, models, health, metrics_api):
         app.include_router(module.router)
     app.include_router(stream.router)
     app.include_router(v2.router)
     app.include_router(v2.secured)
+    docs.install(app)
+    if settings.demo_page:
+        ui.install(app)
     install_openapi(app, secured=bool(settings.api_keys))
     return app

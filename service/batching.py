@@ -29,6 +29,7 @@ from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
+from enet_serve.service import timing
 from enet_serve.service.errors import DeadlineExceeded, InferenceFailed, QueueFull, ServiceUnavailable
 
 log = logging.getLogger("enet_serve.service.batching")
@@ -40,7 +41,7 @@ Runner = Callable[[Sequence[np.ndarray]], Sequence[np.ndarray]]
 
 
 class _Item:
-    __slots__ = ("array", "key", "future", "enqueued", "deadline", "state")
+    __slots__ = ("array", "key", "future", "enqueued", "deadline", "state", "started", "inference_s")
 
     def __init__(self, array, key, future, enqueued, deadline):
         self.array = array
@@ -49,6 +50,8 @@ class _Item:
         self.enqueued = enqueued
         self.deadline = deadline
         self.state = QUEUED
+        self.started = enqueued  # when its batch was formed (for the caller's Server-Timing)
+        self.inference_s = 0.0
 
 
 class BatchObserver:
@@ -175,7 +178,9 @@ class Batcher:
         self.observer.queue_depth(self.depth)
         timer = loop.call_at(loop.time() + timeout, self._expire, item)
         try:
-            return await item.future
+            outputs = await item.future
+            timing.record_batch(item.started - item.enqueued, item.inference_s)
+            return outputs
         except asyncio.CancelledError:
             # the caller went away (client disconnected): never run it if it is still queued
             if item.state == QUEUED:
@@ -277,6 +282,7 @@ class Batcher:
         now = time.monotonic()
         for item in batch:
             item.state = RUNNING
+            item.started = now
         self.observer.queue_depth(self.depth)
         return batch, [now - item.enqueued for item in batch]
 
@@ -311,6 +317,7 @@ class Batcher:
             if lone is not None:
                 self.lone_choice.record(lone, elapsed, len(batch))
             for i, item in enumerate(batch):
+                item.inference_s = elapsed
                 if not item.future.done():
                     item.future.set_result(tuple(out[i] for out in outputs))
         except Exception as e:  # a failed batch fails its callers, not the batcher

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from enet_serve.service import timing
 from enet_serve.service.batching import Batcher
 from enet_serve.service.errors import InvalidParameter, ModelFailed, ModelLoadError, ModelNotFound, NotReady
 from enet_serve.service.faults import ModelFault, fault_of
@@ -284,6 +285,7 @@ class ModelServer:
             prepared = await self.codec(model.handler.prepare, data, keep_original)
             announcement.done()
             self.metrics.decode.labels(model.name).observe(prepared.decode_s)
+            timing.record("decode", prepared.decode_s)
             outputs = await model.batcher.submit(prepared.array, key=prepared.key)
         return prepared, dict(zip(model.runtime.output_names, outputs))
 
@@ -291,7 +293,8 @@ class ModelServer:
         """One image in, the task's answer out: decode -> batcher -> encode (the codec threads at both ends)."""
         handler = model.handler
         prepared, outputs = await self.infer_image(model, data, handler.wants_original(options))
-        return await self.codec(handler.encode, prepared, outputs, options)
+        with timing.span("encode"):
+            return await self.codec(handler.encode, prepared, outputs, options)
 
     async def infer_tensor(self, model: LoadedModel, batch: np.ndarray) -> dict[str, np.ndarray]:
         """v2 infer: every row of an NxHxWxC uint8 batch through the batcher; outputs stacked back, by name."""

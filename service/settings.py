@@ -149,6 +149,12 @@ class Settings(BaseSettings):
         8 * 1024 * 1024, ge=1, description="largest stream frame (one binary message); past it the connection "
         "is closed with 1009 (message too big)")
 
+    # -- demo page and response timings --------------------------------------------------------
+    demo_page: bool = Field(
+        True, description="serve the demo page at / (its files under /static, its data at /ui/config); off: / is 404")
+    server_timing: bool = Field(
+        True, description="add a Server-Timing header to every response: decode, queue, infer, encode and total ms")
+
     # -- server --------------------------------------------------------------------------------
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")

@@ -139,7 +139,8 @@ def by_kind(docs: list[dict], kind: str) -> dict:
 
 def test_base_kustomization_lists_the_deployment():
     docs = kustomize(BASE)
-    assert {d["kind"] for d in docs} == {"Deployment", "Service"}
+    # the autoscaler is a separate choice (hpa.yaml or KEDA): never in the base
+    assert {d["kind"] for d in docs} == {"Deployment", "Service", "PodDisruptionBudget"}
 
 
 def test_gpu_overlay_startup_and_engine_cache():

@@ -2,7 +2,8 @@
 gets to; the newest frame wins (service/newest_frame.py).
 
 Query parameters are /segment's (`model`, `format`, `min_confidence`, `classes`, `regions`, `min_area`,
-`alpha`); API keys as on the other routes (`X-API-Key` or `Authorization: Bearer`). Per answered frame
+`alpha`); API keys as on the other routes (`X-API-Key` or `Authorization: Bearer`), or as the query
+parameter `api_key`: a browser's WebSocket cannot send headers. Per answered frame
 one JSON text message `{"frame", "dropped", "latency_ms", "model", "width", "height", "class_fractions",
 ...}` (for json and rle: the whole body of that format), then, for the binary formats (png, confidence,
 overlay), one binary message with the body. A frame the server cannot answer (a bad image, a full
@@ -105,7 +106,9 @@ def _given_key(websocket: WebSocket) -> str | None:
     if key:
         return key
     scheme, _, credentials = websocket.headers.get("authorization", "").partition(" ")
-    return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return websocket.query_params.get("api_key") or None  # browsers (the demo page): no headers on a WebSocket
 
 
 def _open(server: ModelServer, settings: Settings, params: dict[str, str]) -> tuple[LoadedModel, SegmentOptions]:

@@ -171,3 +171,15 @@ def random_rgb(seed: int, h: int = 120, w: int = 160) -> np.ndarray:
     small = rng.integers(0, 256, (-(-h // 8), -(-w // 8), 3), dtype=np.uint8)
     return np.ascontiguousarray(np.repeat(np.repeat(small, 8, axis=0), 8, axis=1)[:h, :w])
 
+
+def stop_process(proc) -> None:
+    """SIGTERM a server process (uvicorn shuts down gracefully), SIGKILL it if it is still there after 20 s."""
+    import signal
+    import subprocess
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -169,6 +169,16 @@ async def test_api_keys(tiny_server):
     assert message["model"] == "enet-camvid" and Image.open(io.BytesIO(body)).size == (160, 120)
 
 
+async def test_api_key_in_the_query_for_browsers(tiny_server):
+    """A browser's WebSocket cannot send headers: the demo page passes the key as ?api_key=."""
+    async with connect(_ws(tiny_server, "api_key=wrong")) as ws:
+        assert (await _closed_with(ws))[0] == 4401
+    async with connect(_ws(tiny_server, "format=png&api_key=k1")) as ws:
+        await ws.send(to_png(random_rgb(1)))
+        message, _ = (await _answers(ws, 0, binary=True))[0]
+    assert message["model"] == "enet-camvid"
+
+
 async def test_connection_limit(tiny_server):
     key = {"X-API-Key": "k1"}
     async with connect(_ws(tiny_server), additional_headers=key) as a, connect(_ws(tiny_server),

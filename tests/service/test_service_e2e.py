@@ -19,8 +19,8 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from svc_helpers import (FASHION_LABELS, REPO_ROOT, camvid_jpegs, camvid_val_pngs, fashion_images, to_jpeg,
-                         to_png)
+from svc_helpers import (FASHION_LABELS, REPO_ROOT, camvid_jpegs, camvid_val_pngs, fashion_images, stop_process,
+                         to_jpeg, to_png)
 
 
 def _session(repo: Path, name: str) -> ort.InferenceSession:
@@ -180,12 +180,7 @@ def test_uvicorn_process(real_repo, tmp_path):
             assert all(m["provider"] == "CPUExecutionProvider" for m in models)
             assert 'route="/segment",status="200"' in c.get("/metrics").text
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
     text = (tmp_path / "server.log").read_text()
     # uvicorn shuts down gracefully, then re-raises the signal it caught
