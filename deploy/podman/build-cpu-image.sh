@@ -5,7 +5,7 @@
 #   bash deploy/podman/build-cpu-image.sh            # -> localhost/enet-serve:cpu
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BASE=${BASE:-localhost/debian-python:3.11-bookworm}
+BASE=${BASE:-localhost/enet-serve-base:bookworm}
 IMAGE=${IMAGE:-localhost/enet-serve:cpu}
 WORK=${WORK:-/var/tmp/enet-serve-image}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
@@ -21,13 +21,14 @@ if ! podman image exists "$BASE"; then
   tar -C "$WORK/rootfs" -c . | podman import --change 'CMD ["python"]' - "$BASE"
 fi
 
-# 2. The wheelhouse: the serving dependencies of pyproject.toml, and what building the package needs.
-"$PYTHON" -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-  > "$WORK/requirements.txt"
+# 2. The wheelhouse: the serving dependencies of pyproject.toml with the CPU runtime extra (the
+#    Dockerfile's VARIANT=cpu), and what building the package needs.
+"$PYTHON" -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['cpu']))" > "$WORK/requirements.txt"
 "$PYTHON" -m pip download -q -d "$WORK/wheels" -r "$WORK/requirements.txt" "setuptools>=77" wheel pip
 
 # 3. The image: the repository's Dockerfile, its RUN steps in a chroot (docker format: OCI drops HEALTHCHECK).
 podman build --isolation=chroot --format docker \
   --volume "$WORK/wheels:/wheels:ro" --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheels \
-  --build-arg BASE_IMAGE="$BASE" -t "$IMAGE" .
+  --build-arg PYTHON_IMAGE="$BASE" --build-arg VARIANT=cpu -t "$IMAGE" .
 podman image ls "$IMAGE"
