@@ -19,6 +19,7 @@ from enet_serve.service.request_id import RequestIdMiddleware
 from enet_serve.service.server import ModelServer
 from enet_serve.service.settings import Settings
 from enet_serve.service.timing import ServerTimingMiddleware
+from enet_serve.service.tracing import install_tracing
 
 log = logging.getLogger("service")
 
@@ -104,6 +105,8 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
             yield
         finally:
             await server.stop()
+            if app.state.tracing is not None:
+                await asyncio.to_thread(app.state.tracing.shutdown)  # flushes the spans still batched
 
     # /docs and /redoc are served by api/docs.py from installed files (FastAPI's own link to a CDN)
     app = FastAPI(title="enet-serve", version=__version__, description=DESCRIPTION, openapi_tags=TAGS,
@@ -114,11 +117,13 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
     app.state.lifecycle = lifecycle
     app.state.server = ModelServer(settings, metrics, lifecycle)  # replaced at startup; "not ready" before it
     install_error_handlers(app)
-    # outermost last: request id (on every response) > Server-Timing > metrics (every status counted) > in-flight limits
+    # outermost last: request id (on every response) > Server-Timing (> trace phases) > metrics (every status
+    # counted) > in-flight limits
     app.add_middleware(InflightMiddleware, settings=settings, lifecycle=lifecycle)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    if settings.server_timing:
-        app.add_middleware(ServerTimingMiddleware)
+    app.state.tracing = install_tracing(app, settings)  # its phase spans read what ServerTimingMiddleware records
+    if settings.server_timing or app.state.tracing is not None:
+        app.add_middleware(ServerTimingMiddleware, header=settings.server_timing)
     app.add_middleware(RequestIdMiddleware)
     for module in (segment, classify, models, health, metrics_api):
         app.include_router(module.router)

@@ -65,9 +65,16 @@ def run(args: argparse.Namespace) -> int:
     if not settings.repository.is_dir():
         print(f"enet-serve serve: model repository {settings.repository} is not a directory", file=sys.stderr)
         return 2
+    from enet_serve.service.tracing import TracingUnavailable
+
     lifecycle = Lifecycle()
+    try:
+        app = create_app(settings, lifecycle)
+    except TracingUnavailable as e:
+        print(f"enet-serve serve: {e}", file=sys.stderr)
+        return 2
     config = uvicorn.Config(
-        create_app(settings, lifecycle),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,  # configure_logging's: every line with its request id

@@ -154,6 +154,10 @@ class Settings(BaseSettings):
         True, description="serve the demo page at / (its files under /static, its data at /ui/config); off: / is 404")
     server_timing: bool = Field(
         True, description="add a Server-Timing header to every response: decode, queue, infer, encode and total ms")
+    tracing: Literal["off", "otlp", "console"] = Field(
+        "off", description="OpenTelemetry traces (the `tracing` extra): a server span per HTTP request with a span per "
+        "phase (decode, queue, infer, encode); otlp: to the collector of OTEL_EXPORTER_OTLP_ENDPOINT (default "
+        "http://localhost:4318); console: printed to stdout")
 
     # -- server --------------------------------------------------------------------------------
     host: str = Field("0.0.0.0", description="address to listen on")

@@ -7,7 +7,8 @@ so a slow answer says whether the time went to the network, the queue or the mod
 `ServerTimingMiddleware` opens a `RequestTimings` per HTTP request in a context variable; the code on
 the request's path records into it (`record`, `span`): the server the decode and the encode, the
 batcher the queue wait and the inference of the request's own item. Outside a request, nothing is
-recorded. Spans of rows that run concurrently (a v2 batch) keep the longest, not the sum.
+recorded. Spans of rows that run concurrently (a v2 batch) keep the longest, not the sum. Each phase
+is also kept as an interval (start and end), for the trace spans of service/tracing.py.
 """
 from __future__ import annotations
 
@@ -22,16 +23,24 @@ ORDER = ("decode", "queue", "infer", "encode")
 
 
 class RequestTimings:
-    __slots__ = ("spans",)
+    __slots__ = ("spans", "intervals")
 
     def __init__(self) -> None:
         self.spans: dict[str, float] = {}
+        self.intervals: list[tuple[str, float, float]] = []  # (name, start, end) in perf_counter seconds
 
-    def add(self, name: str, seconds: float) -> None:
+    def add(self, name: str, seconds: float, end: float | None = None) -> None:
+        """`seconds` more of `name`, which ended at `end` (default: now)."""
         self.spans[name] = self.spans.get(name, 0.0) + seconds
+        self._interval(name, seconds, end)
 
-    def longest(self, name: str, seconds: float) -> None:
+    def longest(self, name: str, seconds: float, end: float | None = None) -> None:
         self.spans[name] = max(self.spans.get(name, 0.0), seconds)
+        self._interval(name, seconds, end)
+
+    def _interval(self, name: str, seconds: float, end: float | None) -> None:
+        end = time.perf_counter() if end is None else end
+        self.intervals.append((name, end - seconds, end))
 
     def header(self, total_s: float) -> bytes:
         names = [n for n in ORDER if n in self.spans] + [n for n in self.spans if n not in ORDER]
@@ -50,12 +59,19 @@ def record(name: str, seconds: float) -> None:
         timings.add(name, seconds)
 
 
+def current() -> RequestTimings | None:
+    """The current request's timings (None outside a request)."""
+    return _current.get()
+
+
 def record_batch(queue_s: float, infer_s: float) -> None:
-    """The batcher's part of the current request: its item's queue wait and its batch's inference."""
+    """The batcher's part of the current request, just answered: its item's queue wait, then its batch's
+    inference, which ended about now."""
     timings = _current.get()
     if timings is not None:
-        timings.longest("queue", queue_s)
-        timings.longest("infer", infer_s)
+        now = time.perf_counter()
+        timings.longest("queue", queue_s, end=now - infer_s)
+        timings.longest("infer", infer_s, end=now)
 
 
 @contextmanager
@@ -68,10 +84,12 @@ def span(name: str) -> Iterator[None]:
 
 
 class ServerTimingMiddleware:
-    """Adds `Server-Timing` to every HTTP response (pure ASGI: the route runs in this context)."""
+    """Records each HTTP request's timings (pure ASGI: the route runs in this context) and, with
+    `header` (setting `server_timing`), adds them to the response as `Server-Timing`."""
 
-    def __init__(self, app):
+    def __init__(self, app, header: bool = True):
         self.app = app
+        self.header = header
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -82,7 +100,7 @@ class ServerTimingMiddleware:
         token = _current.set(timings)
 
         async def send_with_header(message):
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and self.header:
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != HEADER]
                 headers.append((HEADER, timings.header(time.perf_counter() - start)))
                 message = {**message, "headers": headers}

@@ -75,6 +75,14 @@ def slow_repo(tmp_path_factory) -> Path:
     return repo
 
 
+@pytest.fixture(scope="module")
+def slower_repo(tmp_path_factory) -> Path:
+    """The same at 1-2.5 s per image: long enough to queue three more behind it on a loaded machine."""
+    repo = tmp_path_factory.mktemp("slower_repo")
+    write_model(repo, "lenet5-fashion", slow_cls_graph(480), CLS_CONFIG)
+    return repo
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -231,10 +239,10 @@ def test_trickled_body_gets_408(tiny_repo, tmp_path):
         assert 0.9 < time.monotonic() - start < 5
 
 
-def test_vanished_clients_are_never_run(slow_repo, tmp_path):
-    with server(tmp_path, slow_repo, *SLOW) as p:
+def test_vanished_clients_are_never_run(slower_repo, tmp_path):
+    with server(tmp_path, slower_repo, *SLOW) as p:
         first = _raw_request(p.port, "/classify", IMAGE)
-        p.wait_until(lambda: p.metric(DECODED) == 1, what="the first to run")  # running now, for 0.2-0.5 s
+        p.wait_until(lambda: p.metric(DECODED) == 1, what="the first to run")  # running now, for 1-2.5 s
         queued = [_raw_request(p.port, "/classify", IMAGE) for _ in range(3)]
         p.wait_until(lambda: p.metric('enet_serve_queue_depth{model="lenet5-fashion"}') == 3, what="three queued")
         for s in queued:

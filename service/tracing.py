@@ -1,0 +1,110 @@
+"""OpenTelemetry traces: setting `tracing` (off by default); the `tracing` extra installs the packages.
+
+Each HTTP request gets its server span from opentelemetry-instrumentation-fastapi and, under it, one
+span per phase that `Server-Timing` reports (decode, queue, infer, encode): the intervals that
+service/timing.py records on the request's path, so the header and the trace tell the same story.
+The server span carries the request id (`X-Request-ID`) and the model that answered. Health and
+metrics scrapes are not traced; the WebSocket stream is not either (one span per frame would be
+noise). Where spans go: `otlp` sends them in batches over OTLP/HTTP to the collector named by the
+standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` variables (default
+http://localhost:4318); `console` prints them (to try it out). `OTEL_SERVICE_NAME` names the service
+(default enet-serve).
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from enet_serve.service import timing
+from enet_serve.service._version import __version__
+from enet_serve.service.request_id import REQUEST_ID
+from enet_serve.service.settings import Settings
+
+TRACER_NAME = "enet_serve.service"
+NOT_TRACED = "health/.*,metrics"  # the instrumentation's excluded_urls (regular expressions)
+INSTALL_HINT = "pip install 'enet-serve[tracing]'"
+
+
+class TracingUnavailable(RuntimeError):
+    """tracing is configured but the OpenTelemetry packages are not installed."""
+
+
+def span_processor(kind: str) -> Any:
+    """The span processor for `tracing=kind` (`otlp`: batched export; `console`: each span printed)."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+
+    if kind == "console":
+        return SimpleSpanProcessor(ConsoleSpanExporter())
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return BatchSpanProcessor(OTLPSpanExporter())
+
+
+def install_tracing(app, settings: Settings):
+    """Instrument `app` when `settings.tracing` is on; the TracerProvider (shut it down at exit), else None.
+    Call it before adding `ServerTimingMiddleware`, which must wrap `PhaseSpans`."""
+    if settings.tracing == "off":
+        return None
+    try:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+    except ImportError as e:
+        raise TracingUnavailable(f"tracing={settings.tracing} needs the OpenTelemetry packages ({e.name} is "
+                                 f"missing): {INSTALL_HINT}") from None
+    attributes = {"service.version": __version__}
+    if not os.environ.get("OTEL_SERVICE_NAME"):
+        attributes["service.name"] = "enet-serve"
+    provider = TracerProvider(resource=Resource.create(attributes))
+    provider.add_span_processor(span_processor(settings.tracing))
+    app.add_middleware(PhaseSpans, tracer=provider.get_tracer(TRACER_NAME, __version__))
+    # no spans per ASGI receive/send message: the phases say where the time went
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=NOT_TRACED,
+                                       exclude_spans=["receive", "send"])
+    return provider
+
+
+class PhaseSpans:
+    """Pure ASGI, inside the instrumentation's server span and `ServerTimingMiddleware`: as the
+    response's last body goes out, one child span per recorded phase, with its own start and end."""
+
+    def __init__(self, app, tracer):
+        self.app = app
+        self.tracer = tracer
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from opentelemetry import trace
+
+        server_span = trace.get_current_span()
+        model: list[str] = []
+
+        async def send_and_trace(message):
+            if message["type"] == "http.response.start":
+                model.extend(v.decode("latin-1") for k, v in message.get("headers", []) if k.lower() == b"x-model")
+            elif message["type"] == "http.response.body" and not message.get("more_body") and \
+                    server_span.is_recording():  # the instrumentation ends the server span with the last body
+                self._annotate(server_span, model)
+            await send(message)
+
+        await self.app(scope, receive, send_and_trace)
+
+    def _annotate(self, server_span, model: list[str]) -> None:
+        from opentelemetry import trace
+
+        server_span.set_attribute("enet_serve.request_id", REQUEST_ID.get())
+        if model:
+            server_span.set_attribute("enet_serve.model", model[0])
+        timings = timing.current()
+        if timings is not None:
+            self._phases(trace.set_span_in_context(server_span), timings)
+
+    def _phases(self, context, timings: timing.RequestTimings) -> None:
+        # the intervals are perf_counter seconds; spans want epoch nanoseconds
+        offset_ns = time.time_ns() - int(time.perf_counter() * 1e9)
+        for name, start, end in timings.intervals:
+            span = self.tracer.start_span(name, context=context, start_time=offset_ns + int(start * 1e9))
+            span.end(end_time=offset_ns + int(end * 1e9))
