@@ -21,7 +21,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from svc_helpers import REPO_ROOT, copy_model, random_rgb, to_png, write_model
+from svc_helpers import REPO_ROOT, copy_model, random_rgb, stop_process, to_png, write_model
 from test_service_reliability import CLS_CONFIG, corrupt_model
 
 pytestmark = pytest.mark.slow
@@ -134,12 +134,7 @@ def server(tmp_path: Path, repo: Path, *flags: str, ready: bool = True):
         yield p
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 SLOW = ("--instances", "1", "--no-solo-instance", "--intra-op-threads", "1", "--max-batch-size", "1")
