@@ -10,6 +10,7 @@ from the session (`get_providers()`).
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -409,30 +410,30 @@ class ModelRuntime:
         self.warmup_s = time.perf_counter() - t0
         return self.warmup_s
 
-    def measure_batches(self, shape: tuple[int, int, int], batch_sizes: Sequence[int], repeats: int = 2,
+    def measure_batches(self, shape: tuple[int, int, int], batch_sizes: Sequence[int], rounds: int = 3,
                         settings: Settings | None = None) -> dict[int, float]:
-        """Images/s per batch size (best of `repeats` runs after one warm-up run each) of a temporary
-        session like the first one (given `settings`), else of the first session itself. The temporary
-        session takes the large batches' buffers with it when it goes, so the serving sessions' memory
-        arenas only ever grow to the batch sizes they serve."""
+        """Images/s per batch size: the median of `rounds` timed runs after one warm-up run each, the
+        sizes interleaved within each round so that a noisy stretch of a shared machine does not land on
+        one size. On a temporary session like the first one (given `settings`), else on the first session
+        itself: the temporary session takes the large batches' buffers with it when it goes, so the
+        serving sessions' memory arenas only ever grow to the batch sizes they serve."""
         first = self.sessions[0]
         session = first if settings is None else Session(self.path, first.plan, settings, first.threads, first.config)
         image = np.zeros(shape, np.uint8)
-        rates = {}
+        times: dict[int, list[float]] = {b: [] for b in batch_sizes}
         for b in batch_sizes:
-            if settings is not None:
-                session.run([image] * b)
-            best = float("inf")
-            for _ in range(repeats):
+            session.run([image] * b)
+        for _ in range(rounds):
+            for b in batch_sizes:
                 t0 = time.perf_counter()
                 session.run([image] * b)
-                best = min(best, time.perf_counter() - t0)
-            rates[b] = b / max(best, 1e-9)
-        return rates
+                times[b].append(time.perf_counter() - t0)
+        return {b: b / max(statistics.median(t), 1e-9) for b, t in times.items()}
 
 
-def pick_batch_size(rates: dict[int, float], tolerance: float = 0.03) -> int:
-    """The smallest batch size whose images/s is within `tolerance` of the best one."""
+def pick_batch_size(rates: dict[int, float], tolerance: float = 0.1) -> int:
+    """The smallest batch size whose images/s is within `tolerance` of the best one: a larger batch must
+    be clearly faster to be worth its latency and its memory (its buffers stay in the arenas)."""
     best = max(rates.values())
     return min(b for b, r in rates.items() if r >= (1 - tolerance) * best)
 

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import cv2
-import numpy as np
+import functools
 
-# The codec thread pool runs one answer per thread; OpenCV's own parallel labelling is slower here.
-cv2.setNumThreads(1)
+import numpy as np
 
 _RLE_CHUNKS = 7  # 5 bits each: enough for any count of a 2**31-pixel image
 
@@ -90,9 +88,20 @@ def default_min_area(height: int, width: int) -> int:
     return max(1, round(height * width / 1000))
 
 
+@functools.cache
+def _opencv():
+    """OpenCV on the first `regions=true`: importing it costs ~37 MB resident that a server never asked
+    for regions need not hold (BENCHMARKS.md "Memory")."""
+    import cv2
+
+    cv2.setNumThreads(1)  # the codec thread pool runs one answer per thread; OpenCV's parallel labelling is slower
+    return cv2
+
+
 def connected_regions(mask: np.ndarray, classes: Iterable[int], min_area: int) -> list[dict]:
     """Each class's 8-connected regions of at least `min_area` pixels, largest first within a class:
     `index`, `area`, `bbox` [x, y, w, h] and `centroid` [x, y] in the mask's pixel coordinates."""
+    cv2 = _opencv()
     out = []
     for c in classes:
         binary = (mask == c).view(np.uint8)

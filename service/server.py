@@ -12,6 +12,7 @@ turns 200 only once all the working models are warm (and 503 again once the serv
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -172,8 +173,8 @@ class ModelServer:
                     probe = s if s.warm_batch_sizes == "served" else None
                     if probe is None:
                         seconds = await loop.run_in_executor(None, warm_model, m, list(range(1, s.max_batch_size + 1)))
-                    m.batch_rates = await loop.run_in_executor(
-                        None, m.runtime.measure_batches, m.input_shape, tuning_candidates(s.max_batch_size), 2, probe)
+                    m.batch_rates = await loop.run_in_executor(None, functools.partial(
+                        m.runtime.measure_batches, m.input_shape, tuning_candidates(s.max_batch_size), settings=probe))
                     m.batch_size = pick_batch_size(m.batch_rates)
                     assert m.batcher is not None
                     m.batcher.max_batch_size = m.batch_size
