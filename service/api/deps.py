@@ -20,11 +20,14 @@ _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY (w
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: KEY (when API keys are configured)")
 
 
-def get_server(request: Request) -> ModelServer:
+# The dependencies are `async def` although they never await: FastAPI runs a plain `def` dependency in
+# its thread pool, a thread hop per dependency per request (measurable at 40 requests/s on 2 cores).
+
+async def get_server(request: Request) -> ModelServer:
     return request.app.state.server
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The app's settings (the routes read settings only through this)."""
     return request.app.state.settings
 
@@ -33,7 +36,7 @@ ServerDep = Annotated[ModelServer, Depends(get_server)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_model(request: Request, server: ServerDep,
+async def get_model(request: Request, server: ServerDep,
               name: Annotated[str, Path(description="model name", examples=["enet-camvid"])]) -> LoadedModel:
     """The loaded model of the path's `{name}` (404 when there is none), ready or not."""
     model = server.get(name)
@@ -49,7 +52,7 @@ def ready_model_of(task: str):
     handler = HANDLERS[task]
     example = Settings.model_fields[handler.default_setting].default
 
-    def ready_model(request: Request, server: ServerDep,
+    async def ready_model(request: Request, server: ServerDep,
                     model: str | None = Query(None, description=f"model name; default: the default {handler.word} "
                                               "model", examples=[example])) -> LoadedModel:
         handle = server.ready_model(model, task)

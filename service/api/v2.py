@@ -30,7 +30,7 @@ VERSION_PARAMETER = {"parameters": [{"name": "version", "in": "path", "required"
                                      "schema": {"type": "string"}, "description": "the model's version"}]}
 
 
-def versioned_model(request: Request, model: ModelDep) -> LoadedModel:
+async def versioned_model(request: Request, model: ModelDep) -> LoadedModel:
     """The path's model; on a versioned path 404 unless `{version}` is the version it serves."""
     version = request.path_params.get("version")
     if version is not None and version != str(model.config.version):
