@@ -34,11 +34,13 @@ def server_span(finished, path: str):
 
 async def test_a_segment_request_is_one_trace_with_its_phases(serve, spans):
     client = await serve(tracing="console")
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"  # the client's W3C trace context: the spans join its trace
     r = await client.post("/segment?format=png", content=to_png(random_rgb(3)),
-                          headers={"X-Request-ID": "trace-me-1"})
+                          headers={"X-Request-ID": "trace-me-1", "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
     assert r.status_code == 200
     finished = spans.get_finished_spans()
     request = server_span(finished, "/segment")
+    assert f"{request.context.trace_id:032x}" == trace_id and request.parent.span_id == 0x00f067aa0ba902b7
     assert request.attributes["enet_serve.request_id"] == "trace-me-1"
     assert request.attributes["enet_serve.model"] == "enet-camvid"
     phases = {s.name: s for s in finished if s.parent is not None and s.parent.span_id == request.context.span_id}
