@@ -21,6 +21,10 @@ BENCHMARKS = REPO_ROOT / "BENCHMARKS.md"
 ARTICLE_TITAN_XP_MS = {"resnet18": 2.871, "alexnet": 1.003, "vgg16": 1.698, "squeezenet1_0": 2.725,
                        "mobilenet_v1": 33.251}
 ENET_SIZES = [(360, 480), (360, 640), (720, 1280)]
+# The ENet paper's inference times (Paszke et al. 2016, table 2: batch 1, ms), by our frame sizes; the
+# paper's first size is 480x320, not 480x360.
+ENET_PAPER_MS = {(360, 480): {"TX1": 47, "Titan X": 7}, (360, 640): {"TX1": 69, "Titan X": 7},
+                 (720, 1280): {"TX1": 262, "Titan X": 21}}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -197,16 +201,19 @@ def article_section(archs: list[dict], precision: dict | None, plot: str | None)
                   "well, while the article's GPU framework of the time had no fast depthwise kernel (not measured "
                   "here)."]
     if precision:
-        lines += ["", "ENet at the paper's frame sizes (this CPU, batch 1, ms per frame; the ENet paper's own timings "
-                  "are on NVIDIA TX1 and Titan X GPUs and are not repeated here):", "",
-                  "| frame (W x H) | FP32, 1 thread | FP32, 2 threads | INT8, 1 thread | INT8, 2 threads | this project, GPU |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "ENet at the paper's frame sizes (batch 1, ms per frame): this CPU beside the ENet paper's "
+                  "own timings on an NVIDIA Jetson TX1 and a Titan X (its table 2; its first size is 480x320):", "",
+                  "| frame (W x H) | FP32, 1 thread | FP32, 2 threads | INT8, 1 thread | INT8, 2 threads | "
+                  "paper, TX1 | paper, Titan X | this project, GPU |",
+                  "|---|---|---|---|---|---|---|---|"]
         for h, w in ENET_SIZES:
             def ms(p, t):
                 row = next((r for r in precision["rows"] if (r["precision"], r["height"], r["width"], r["threads"])
                             == (p, h, w, t)), None)
                 return _f(row["median_ms"]) if row else "-"
-            lines.append(f"| {w}x{h} | {ms('fp32', 1)} | {ms('fp32', 2)} | {ms('int8', 1)} | {ms('int8', 2)} | |")
+            paper = ENET_PAPER_MS[(h, w)]
+            lines.append(f"| {w}x{h} | {ms('fp32', 1)} | {ms('fp32', 2)} | {ms('int8', 1)} | {ms('int8', 2)} | "
+                         f"{paper['TX1']} | {paper['Titan X']} | |")
     if plot:
         lines += ["", f"![latency against GFLOPs]({plot})"]
     return "\n".join(lines)
