@@ -196,6 +196,32 @@ def test_sigterm_grace_over_answers_503(slow_repo, tmp_path):
     assert "grace period of 1 s over" in p.text()
 
 
+def test_sigterm_closes_open_streams_with_1012(tiny_repo, tmp_path):
+    """An open /segment/stream does not hold the drain: it is closed with 1012 (service restart), so the
+    client reconnects elsewhere, and the process exits at once."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    async def stream_through_sigterm(p) -> tuple[int | None, float]:
+        async with connect(p.base.replace("http://", "ws://") + "/segment/stream?format=json") as ws:
+            await ws.send(to_png(random_rgb(2)))
+            assert json.loads(await ws.recv())["frame"] == 0
+            p.proc.send_signal(signal.SIGTERM)
+            sent = time.monotonic()
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+            return ws.close_code, time.monotonic() - sent
+
+    with server(tmp_path, tiny_repo, "--drain-timeout-s", "30") as p:
+        code, seconds = asyncio.run(stream_through_sigterm(p))
+        p.proc.wait(10)
+    assert code == 1012 and seconds < 5, (code, seconds)
+    assert "every request answered" in p.text(), p.text()
+
+
 def _raw_request(port: int, path: str, body: bytes, length: int | None = None) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
     head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
