@@ -430,11 +430,7 @@ def _write(args, results: dict) -> None:
         print(f"wrote {args.json}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m enet_serve.bench.load", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from enet_serve.bench import run_as_script
+
+    run_as_script(__name__)
