@@ -80,24 +80,22 @@ class PhaseSpans:
         from opentelemetry import trace
 
         server_span = trace.get_current_span()
-        model: list[str] = []
 
         async def send_and_trace(message):
-            if message["type"] == "http.response.start":
-                model.extend(v.decode("latin-1") for k, v in message.get("headers", []) if k.lower() == b"x-model")
-            elif message["type"] == "http.response.body" and not message.get("more_body") and \
+            if message["type"] == "http.response.body" and not message.get("more_body") and \
                     server_span.is_recording():  # the instrumentation ends the server span with the last body
-                self._annotate(server_span, model)
+                self._annotate(server_span, scope)
             await send(message)
 
         await self.app(scope, receive, send_and_trace)
 
-    def _annotate(self, server_span, model: list[str]) -> None:
+    def _annotate(self, server_span, scope) -> None:
         from opentelemetry import trace
 
         server_span.set_attribute("enet_serve.request_id", REQUEST_ID.get())
-        if model:
-            server_span.set_attribute("enet_serve.model", model[0])
+        state = scope.get("state") or {}
+        if state.get("model"):  # set by the routes' model dependencies, as the request metrics read it
+            server_span.set_attribute("enet_serve.model", state["model"])
         timings = timing.current()
         if timings is not None:
             self._phases(trace.set_span_in_context(server_span), timings)
