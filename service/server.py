@@ -167,19 +167,20 @@ class ModelServer:
         for m in self.models.values():
             try:
                 s = self.settings
+                served = s.warm_batch_sizes == "served"
+                if not served:  # every size first; the tuning then times the serving session itself
+                    seconds = await loop.run_in_executor(None, warm_model, m, list(range(1, s.max_batch_size + 1)))
                 if s.tune_batch_size and s.max_batch_size > 1:
-                    # On a temporary session (warm_batch_sizes=served), so that the large batches it
-                    # times leave no buffers in the serving sessions' arenas.
-                    probe = s if s.warm_batch_sizes == "served" else None
-                    if probe is None:
-                        seconds = await loop.run_in_executor(None, warm_model, m, list(range(1, s.max_batch_size + 1)))
+                    # served: on a temporary session, so that the large batches it times leave no
+                    # buffers in the serving sessions' arenas.
                     m.batch_rates = await loop.run_in_executor(None, functools.partial(
-                        m.runtime.measure_batches, m.input_shape, tuning_candidates(s.max_batch_size), settings=probe))
+                        m.runtime.measure_batches, m.input_shape, tuning_candidates(s.max_batch_size),
+                        settings=s if served else None))
                     m.batch_size = pick_batch_size(m.batch_rates)
                     assert m.batcher is not None
                     m.batcher.max_batch_size = m.batch_size
-                top = m.batch_size if s.warm_batch_sizes == "served" else s.max_batch_size
-                if not (s.warm_batch_sizes == "all" and s.tune_batch_size and s.max_batch_size > 1):  # not warm yet
+                top = m.batch_size if served else s.max_batch_size
+                if served:
                     seconds = await loop.run_in_executor(None, warm_model, m, list(range(1, top + 1)))
             except Exception as e:
                 log.exception("%s: warm-up failed", m.name)
