@@ -29,10 +29,10 @@ class RequestTimings:
         self.spans: dict[str, float] = {}
         self.intervals: list[tuple[str, float, float]] = []  # (name, start, end) in perf_counter seconds
 
-    def add(self, name: str, seconds: float, end: float | None = None) -> None:
-        """`seconds` more of `name`, which ended at `end` (default: now)."""
+    def add(self, name: str, seconds: float) -> None:
+        """`seconds` more of `name`, which ended just now."""
         self.spans[name] = self.spans.get(name, 0.0) + seconds
-        self._interval(name, seconds, end)
+        self._interval(name, seconds, None)
 
     def longest(self, name: str, seconds: float, end: float | None = None) -> None:
         self.spans[name] = max(self.spans.get(name, 0.0), seconds)
