@@ -178,8 +178,10 @@ def test_sigterm_drain_answers_running_and_queued(slow_repo, tmp_path):
     assert any("[drain-3]" in line and "POST /classify" in line for line in text.splitlines()), text
 
 
-def test_sigterm_grace_over_answers_503(slow_repo, tmp_path):
-    with server(tmp_path, slow_repo, *SLOW, "--drain-timeout-s", "1", "--max-queue", "64") as p:
+def test_sigterm_grace_over_answers_503(slower_repo, tmp_path):
+    # 16 images at 1-2.5 s each cannot be half done within the wait for their decode plus a 1 s grace,
+    # however fast the machine: what is left is answered 503, and nothing is dropped
+    with server(tmp_path, slower_repo, *SLOW, "--drain-timeout-s", "1", "--max-queue", "64") as p:
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             futures = [pool.submit(post, p.base) for _ in range(16)]
             p.wait_until(lambda: p.metric(DECODED) == 16, 20, "all sixteen accepted")
@@ -187,7 +189,7 @@ def test_sigterm_grace_over_answers_503(slow_repo, tmp_path):
             sent = time.monotonic()
             responses = [f.result() for f in futures]  # every client gets an answer: none is dropped
         statuses = [r.status_code for r in responses]
-        assert set(statuses) == {200, 503} and statuses.count(503) >= 5, statuses
+        assert set(statuses) <= {200, 503} and statuses.count(503) >= 8, statuses
         for r in responses:
             if r.status_code == 503:
                 assert r.json()["error"]["code"] == "shutting_down" and r.headers["Retry-After"]
