@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from enet_serve.model_config import CONFIG_NAME, ModelConfigError, load_config
+from enet_serve.model_config import CONFIG_NAME, FILE_KEYS, ModelConfigError, load_config
 from enet_serve.paths import DEFAULT_REPOSITORY
 
 DEFAULT_MODEL = DEFAULT_REPOSITORY / "enet-camvid"
@@ -146,7 +146,8 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", type=Path, help=f"an .onnx file or a model directory (default {DEFAULT_MODEL})")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="file of a model directory")
+    p.add_argument("--precision", default="fp32", choices=FILE_KEYS, help="file of a model directory (int8: exported "
+                   "with `export --precision int8`)")
     p.add_argument("--batch", default="1,2,4,8", help="comma-separated batch sizes (default 1,2,4,8)")
     p.add_argument("--size", type=parse_size, default=(360, 480), help="HxW of dynamic-size inputs (default 360x480)")
     p.add_argument("--threads", type=int, default=2, help="intra_op_num_threads (default 2)")
