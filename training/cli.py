@@ -134,6 +134,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="score only the first N images")
     p.add_argument("--drive", action="append", help="CamVid: score only this drive's frames (e.g. --split train+val "
                    "--drive 0006R0 for a model trained with --hold-out-drive 0006R0)")
+    p.add_argument("--confusions", action="store_true", help="segmentation: also where each class's pixels went "
+                   "(recall, precision, the classes it is mistaken for)")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
 
 
@@ -146,7 +148,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     try:
         report = evaluate(args.name, data=args.data, repository=args.repository, weights=args.weights,
-                          split=args.split, limit=args.limit, drives=tuple(args.drive) if args.drive else None)
+                          split=args.split, limit=args.limit, drives=tuple(args.drive) if args.drive else None,
+                          confusions=args.confusions)
     except (FileNotFoundError, KeyError, DatasetError, ModelConfigError) as e:
         print(f"enet-serve eval: {e}")
         return 2

@@ -43,9 +43,11 @@ def load_trained(name: str, weights: Path) -> tuple[torch.nn.Module, str]:
 
 
 def evaluate(name: str, data: Path | None = None, repository: Path | None = None, weights: Path | None = None,
-             split: str | None = None, limit: int | None = None, drives: tuple[str, ...] | None = None) -> dict:
+             split: str | None = None, limit: int | None = None, drives: tuple[str, ...] | None = None,
+             confusions: bool = False) -> dict:
     """{"model", "task", "split", "results": {"pytorch": {...}, "onnx-fp32": {...}, "onnx-fp16": {...}}}, with
-    an "onnx-<key>" entry for every file of config.json (e.g. onnx-fp32_gpu)."""
+    an "onnx-<key>" entry for every file of config.json (e.g. onnx-fp32_gpu). `confusions` (segmentation):
+    also "confusions", where each class's pixels went in the served FP32 graph (ConfusionMatrix.confusions)."""
     repository = repository or DEFAULT_REPOSITORY
     config_path = repository / name / CONFIG_NAME
     if not config_path.is_file():
@@ -67,8 +69,8 @@ def evaluate(name: str, data: Path | None = None, repository: Path | None = None
         if drives:
             split = f"{split}, drive {'+'.join(drives)}"
         labels = load_labels(spec.labels)
-        for key, predict in predictors.items():
-            results[key] = evaluate_segmentation(predict, dataset).summary(labels)
+        matrices = {key: evaluate_segmentation(predict, dataset) for key, predict in predictors.items()}
+        results = {key: cm.summary(labels) for key, cm in matrices.items()}
     else:
         split = split or "test"
         dataset = FashionMNIST(data or DEFAULT_FASHION_MNIST, split)
@@ -76,8 +78,12 @@ def evaluate(name: str, data: Path | None = None, repository: Path | None = None
         targets = dataset.targets[:limit]
         for key, predict in predictors.items():
             results[key] = {"top1": evaluate_classification(predict, images, targets)}
-    return {"model": name, "task": config.task, "split": split, "images": len(dataset) if limit is None else limit,
-            "results": results}
+    report = {"model": name, "task": config.task, "split": split, "images": len(dataset) if limit is None else limit,
+              "results": results}
+    if confusions and config.task == "segment":
+        served = "onnx-fp32" if "onnx-fp32" in matrices else "pytorch"
+        report["confusions"] = {"runtime": served, "classes": matrices[served].confusions(labels)}
+    return report
 
 
 def format_report(report: dict) -> str:
@@ -94,4 +100,13 @@ def format_report(report: dict) -> str:
              "".ljust(width) + "".join(c.rjust(column) for c in columns)]
     for label, values in rows:
         lines.append(label.ljust(width) + "".join(("-" if v is None else f"{v:.2f}").rjust(column) for v in values))
+    if "confusions" in report:
+        classes = report["confusions"]["classes"]
+        width = max(len(c) for c in classes) + 2
+        lines += ["", f"where each class's pixels went ({report['confusions']['runtime']}, percent of its pixels)",
+                  "".ljust(width) + "recall".rjust(8) + "precision".rjust(11) + "   mistaken for"]
+        for name, c in classes.items():
+            precision = "-" if c["precision"] is None else f"{c['precision']:.1f}"
+            mistaken = ", ".join(f"{other} {share:.1f}" for other, share in c["mistaken_for"].items())
+            lines.append(name.ljust(width) + f"{c['recall']:.1f}".rjust(8) + precision.rjust(11) + "   " + mistaken)
     return "\n".join(lines)

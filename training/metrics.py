@@ -60,6 +60,27 @@ class ConfusionMatrix:
         }
 
 
+    def confusions(self, labels: list[str] | None = None, top: int = 3, floor: float = 0.01) -> dict:
+        """Where each class's pixels went, in percent: {class: {"recall", "precision", "mistaken_for":
+        {other class: share of this class's pixels}}} with the `top` largest shares of at least `floor`,
+        for the classes present in the truth. Thin classes (poles, signs) show whether they are missed for
+        their background or predicted in the wrong place (low precision)."""
+        labels = labels or [str(i) for i in range(self.num_classes)]
+        truth, predicted = self.matrix.sum(1), self.matrix.sum(0)
+        out = {}
+        for k, name in enumerate(labels[:self.num_classes]):
+            if truth[k] == 0:
+                continue
+            shares = self.matrix[k] / truth[k]
+            others = [j for j in np.argsort(-shares, kind="stable") if j != k and shares[j] >= floor][:top]
+            out[name] = {
+                "recall": round(100.0 * float(shares[k]), 2),
+                "precision": round(100.0 * float(self.matrix[k, k] / predicted[k]), 2) if predicted[k] else None,
+                "mistaken_for": {labels[j]: round(100.0 * float(shares[j]), 2) for j in others},
+            }
+        return out
+
+
 def top1_accuracy(logits_or_predictions, targets) -> float:
     """Fraction of samples whose highest score (or given class index) equals the target."""
     pred = _as_numpy(logits_or_predictions)

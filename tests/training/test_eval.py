@@ -24,8 +24,9 @@ def test_eval_reproduces_lenet5_fashion(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not (DEFAULT_CAMVID / "val.txt").is_file(), reason="no ../shared/datasets/camvid")
-def test_eval_reproduces_enet_camvid(tmp_path):
-    assert main(["eval", "enet-camvid", "--json", str(tmp_path / "report.json")]) == 0
+def test_eval_reproduces_enet_camvid(tmp_path, capsys):
+    assert main(["eval", "enet-camvid", "--confusions", "--json", str(tmp_path / "report.json")]) == 0
+    assert "where each class's pixels went (onnx-fp32" in capsys.readouterr().out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["split"] == "val" and report["images"] == 101
     recorded = _recorded("enet-camvid")["val"]
@@ -35,6 +36,11 @@ def test_eval_reproduces_enet_camvid(tmp_path):
     assert results["onnx-fp16"]["mIoU"] == pytest.approx(recorded["mIoU"], abs=0.3)
     assert set(results["pytorch"]["per_class_iou"]) == {"Sky", "Building", "Pole", "Road", "Pavement", "Tree",
                                                          "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist"}
+    confusions = report["confusions"]
+    assert confusions["runtime"] == "onnx-fp32" and set(confusions["classes"]) == set(results["pytorch"]["per_class_iou"])
+    for name, c in confusions["classes"].items():  # recall, and what is left of the class's pixels goes elsewhere
+        assert c["recall"] + sum(c["mistaken_for"].values()) <= 100.01, (name, c)
+        assert all(other != name and share >= 1.0 for other, share in c["mistaken_for"].items()), (name, c)
 
 
 def test_eval_of_a_model_not_in_the_repository(tmp_path, capsys):

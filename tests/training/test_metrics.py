@@ -20,6 +20,19 @@ def test_iou_on_a_hand_made_matrix():
     assert cm.global_accuracy() == pytest.approx(4 / 6)
 
 
+def test_confusions_say_where_each_class_went():
+    # truth:      0 0 0 0 1 1 2 2
+    # prediction: 0 1 1 2 1 1 1 1   (class 2 never predicted right; class 1 also predicted for 2)
+    cm = ConfusionMatrix(4)
+    cm.update(np.array([0, 1, 1, 2, 1, 1, 1, 1]), np.array([0, 0, 0, 0, 1, 1, 2, 2]))
+    out = cm.confusions(["a", "b", "c", "d"], top=1)
+    assert set(out) == {"a", "b", "c"}  # "d" is never true: nothing to say
+    assert out["a"] == {"recall": 25.0, "precision": 100.0, "mistaken_for": {"b": 50.0}}  # top 1 of b 50, c 25
+    assert out["b"] == {"recall": 100.0, "precision": 33.33, "mistaken_for": {}}
+    assert out["c"] == {"recall": 0.0, "precision": 0.0, "mistaken_for": {"b": 100.0}}
+    assert cm.confusions(top=3)["0"]["mistaken_for"] == {"1": 50.0, "2": 25.0}
+
+
 def test_void_pixels_count_nowhere():
     cm = ConfusionMatrix(2, ignore_index=11)
     cm.update(torch.tensor([[0, 1], [1, 0]]), torch.tensor([[0, 11], [1, 11]]))
