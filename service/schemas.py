@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from enet_serve.model_config import TaskName
+from enet_serve.service.settings import ComputePrecision
 
 
 class ErrorDetail(BaseModel):
@@ -114,7 +115,7 @@ class ModelInfo(BaseModel):
     provider: str = Field(description="the execution provider the session actually runs on")
     providers: list[str]
     device: str
-    precision: Literal["fp32", "fp16"]
+    precision: ComputePrecision
     execution: dict[str, Any] | None = Field(
         None, description="the device asked for, the plans that failed before this one (provider and reason), the "
         "ONNX file, the TensorRT profile (min/opt/max input shapes) and where shapes outside it run, the engine cache")

@@ -18,7 +18,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from enet_serve.service.providers import parse_size
 
 Device = Literal["auto", "cpu", "cuda", "tensorrt"]
-Precision = Literal["auto", "fp32", "fp16", "int8"]
+ComputePrecision = Literal["fp32", "fp16", "int8"]  # what a session computes in (GET /models says which)
+Precision = Literal["auto", ComputePrecision]
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")

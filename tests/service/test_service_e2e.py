@@ -122,6 +122,26 @@ async def test_trained_lenet5_is_accurate(serve, fashion_dir):
     assert correct / len(labels) >= 0.85
 
 
+async def test_shipped_int8_graphs_serve_and_say_so(serve, fashion_dir):
+    """precision=int8 serves the quantized files of config.json, and GET /models (which the demo page reads)
+    says so."""
+    c = await serve(repository=REPO_ROOT / "model_repository", models=["enet-camvid", "lenet5-fashion"],
+                    precision="int8", max_batch_size=2)
+    r = await c.get("/models")
+    assert r.status_code == 200, r.text
+    served = {m["name"]: (m["precision"], m["file"]) for m in r.json()["models"]}
+    assert served == {"enet-camvid": ("int8", "1/model.int8.onnx"), "lenet5-fashion": ("int8", "1/model.int8.onnx")}
+    images, labels = fashion_images(20)
+    responses = await asyncio.gather(*(c.post("/classify?top_k=1", content=to_png(im)) for im in images))
+    correct = sum(r.json()["predictions"][0]["index"] == int(y) for r, y in zip(responses, labels))
+    assert correct >= 16, correct
+    frame = camvid_jpegs(1)[0]
+    r = await c.post("/segment?format=json", content=frame)
+    assert r.status_code == 200 and r.headers["X-Model"] == "enet-camvid", r.text
+    fractions = r.json()["class_fractions"]
+    assert fractions["Road"] > 0.1 and fractions["Sky"] > 0.02, fractions  # a street frame, segmented as one
+
+
 # -- a real server process ----------------------------------------------------------------------------
 
 def _free_port() -> int:
