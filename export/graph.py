@@ -117,13 +117,20 @@ def swap_for_export(model: nn.Module, spec: ModelSpec, cpu_rewrites: bool = True
 class _Preprocess(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        channels = spec.input_channels
-        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, channels, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, channels, 1, 1) * 255.0)
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32) * 255.0)
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32) * 255.0)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         # Cast first: TensorRT takes a uint8 tensor only straight into a Cast (export.structure).
-        return (image.float().permute(0, 3, 1, 2) - self.mean) / self.std
+        x = image.float()
+        n, h, w, c = x.shape
+        # Normalised as rows of W x C values against the channel constants repeated W times, then
+        # transposed: onnxruntime broadcasts a (C,) constant over NHWC one 3-value span at a time (23x
+        # slower), and its layout optimiser moves a leading Transpose past plain element-wise ops into
+        # exactly that shape in graphs whose convolutions run NHWC (the INT8 ones); a Reshape stops it.
+        rows = x.reshape(n, h, w * c)
+        rows = (rows - self.mean.repeat(w)) / self.std.repeat(w)
+        return rows.reshape(n, h, w, c).permute(0, 3, 1, 2)
 
 
 def top_probability_255(scores: torch.Tensor) -> torch.Tensor:
