@@ -59,7 +59,6 @@ class ConfusionMatrix:
             "per_class_iou": {name: pct(v) for name, v in zip(labels, self.iou())},
         }
 
-
     def confusions(self, labels: list[str] | None = None, top: int = 3, floor: float = 0.01) -> dict:
         """Where each class's pixels went, in percent: {class: {"recall", "precision", "mistaken_for":
         {other class: share of this class's pixels}}} with the `top` largest shares of at least `floor`,
