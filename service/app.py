@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from enet_serve.service._version import __version__
 from enet_serve.service.api import classify, docs, health, metrics as metrics_api, models, segment, stream, ui, v2
+from enet_serve.service.api.deps import served_model
 from enet_serve.service.errors import install_error_handlers
 from enet_serve.service.inflight import CLIENT_GONE, InflightMiddleware
 from enet_serve.service.lifecycle import Lifecycle
@@ -76,8 +77,7 @@ class MetricsMiddleware:
                 status = 499  # nginx's "client closed request": nothing was sent
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            state = scope.get("state") or {}
-            model = state.get("model", "") if isinstance(state, dict) else ""
+            model = served_model(scope)
             self.metrics.requests.labels(model, path, str(status)).inc()
             self.metrics.request_duration.labels(model, path).observe(time.perf_counter() - start)
 

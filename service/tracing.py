@@ -18,6 +18,7 @@ from typing import Any
 
 from enet_serve.service import timing
 from enet_serve.service._version import __version__
+from enet_serve.service.api.deps import served_model
 from enet_serve.service.request_id import REQUEST_ID
 from enet_serve.service.settings import Settings
 
@@ -93,9 +94,9 @@ class PhaseSpans:
         from opentelemetry import trace
 
         server_span.set_attribute("enet_serve.request_id", REQUEST_ID.get())
-        state = scope.get("state") or {}
-        if state.get("model"):  # set by the routes' model dependencies, as the request metrics read it
-            server_span.set_attribute("enet_serve.model", state["model"])
+        model = served_model(scope)
+        if model:
+            server_span.set_attribute("enet_serve.model", model)
         timings = timing.current()
         if timings is not None:
             self._phases(trace.set_span_in_context(server_span), timings)

@@ -32,6 +32,13 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def served_model(scope) -> str:
+    """The model the dependencies below chose for this request ('' when none did): what the request
+    metrics and the traces label it with."""
+    state = scope.get("state") or {}
+    return state.get("model", "") if isinstance(state, dict) else ""
+
+
 ServerDep = Annotated[ModelServer, Depends(get_server)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
