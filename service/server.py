@@ -161,27 +161,12 @@ class ModelServer:
                                 observer=self.metrics.observer(m.name))
             m.batcher.start()
         self._warm_task = asyncio.get_running_loop().create_task(self._warm_all(), name="warm-up")
+        self._warm_task.add_done_callback(self._warm_ended)
 
     async def _warm_all(self) -> None:
-        loop = asyncio.get_running_loop()
         for m in self.models.values():
             try:
-                s = self.settings
-                served = s.warm_batch_sizes == "served"
-                if not served:  # every size first; the tuning then times the serving session itself
-                    seconds = await loop.run_in_executor(None, warm_model, m, list(range(1, s.max_batch_size + 1)))
-                if s.tune_batch_size and s.max_batch_size > 1:
-                    # served: on a temporary session, so that the large batches it times leave no
-                    # buffers in the serving sessions' arenas.
-                    m.batch_rates = await loop.run_in_executor(None, functools.partial(
-                        m.runtime.measure_batches, m.input_shape, tuning_candidates(s.max_batch_size),
-                        settings=s if served else None))
-                    m.batch_size = pick_batch_size(m.batch_rates)
-                    assert m.batcher is not None
-                    m.batcher.max_batch_size = m.batch_size
-                top = m.batch_size if served else s.max_batch_size
-                if served:
-                    seconds = await loop.run_in_executor(None, warm_model, m, list(range(1, top + 1)))
+                await self._warm_one(m)
             except Exception as e:
                 log.exception("%s: warm-up failed", m.name)
                 fault = fault_of(m.name, "warm-up", e, m.runtime.path)
@@ -190,12 +175,42 @@ class ModelServer:
                     self.lifecycle.stop_fatally(fault.message)
                     return
                 self._record_fault(fault)
-                continue
-            m.ready = True
-            self.metrics.model_ready.labels(m.name).set(1)
-            log.info("%s: warm (batch sizes 1..%d) in %.2f s; batches of up to %d (measured images/s: %s)", m.name,
-                     top, seconds, m.batch_size,
-                     ", ".join(f"{b}: {r:.1f}" for b, r in (m.batch_rates or {}).items()) or "not measured")
+
+    async def _warm_one(self, m: LoadedModel) -> None:
+        """Warm one model, tune its batch size and mark it ready; anything raised here is its fault."""
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        served = s.warm_batch_sizes == "served"
+        if not served:  # every size first; the tuning then times the serving session itself
+            seconds = await loop.run_in_executor(None, warm_model, m, list(range(1, s.max_batch_size + 1)))
+        if s.tune_batch_size and s.max_batch_size > 1:
+            # served: on a temporary session, so that the large batches it times leave no
+            # buffers in the serving sessions' arenas.
+            m.batch_rates = await loop.run_in_executor(None, functools.partial(
+                m.runtime.measure_batches, m.input_shape, tuning_candidates(s.max_batch_size),
+                settings=s if served else None))
+            m.batch_size = pick_batch_size(m.batch_rates)
+            assert m.batcher is not None
+            m.batcher.max_batch_size = m.batch_size
+        top = m.batch_size if served else s.max_batch_size
+        if served:
+            seconds = await loop.run_in_executor(None, warm_model, m, list(range(1, top + 1)))
+        log.info("%s: warm (batch sizes 1..%d) in %.2f s; batches of up to %d (measured images/s: %s)", m.name,
+                 top, seconds, m.batch_size,
+                 ", ".join(f"{b}: {r:.1f}" for b, r in (m.batch_rates or {}).items()) or "not measured")
+        m.ready = True
+        self.metrics.model_ready.labels(m.name).set(1)
+
+    def _warm_ended(self, task: asyncio.Task) -> None:
+        """A warm-up that died outside any one model's handling would leave the server not ready with
+        nothing said: log it, let readiness give the reason, and stop when errors are fatal."""
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        log.error("warm-up stopped: %r", error, exc_info=error)
+        self.warm_error = f"warm-up stopped: {error!r}"
+        if self.settings.exit_on_error:
+            self.lifecycle.stop_fatally(self.warm_error)
 
     async def stop(self) -> None:
         if self._warm_task is not None and not self._warm_task.done():

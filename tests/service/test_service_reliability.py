@@ -149,6 +149,48 @@ async def test_warm_up_failure_with_exit_on_error_stops_the_server(serve, tiny_r
     assert "bad-cls" in e["message"]
 
 
+async def test_a_fault_after_the_batches_ran_is_that_models_warm_up_fault(serve, tiny_repo, tmp_path, monkeypatch):
+    # The readiness bookkeeping after the warm-up batches is part of warming a model: an error there
+    # once ended the warm-up task silently and left the server "warming up" for good.
+    from enet_serve.service import server
+    repo = tmp_path / "repo"
+    copy_model(tiny_repo, "enet-camvid", repo)
+    copy_model(tiny_repo, "lenet5-fashion", repo)
+    info = server.log.info
+
+    def failing_for_lenet(msg, *args, **kwargs):
+        if args and args[0] == "lenet5-fashion" and "warm" in msg:
+            raise RuntimeError("bookkeeping broke")
+        return info(msg, *args, **kwargs)
+
+    monkeypatch.setattr(server.log, "info", failing_for_lenet)
+    c = await serve(repository=repo, exit_on_error=False)
+    ready = (await c.get("/health/ready")).json()
+    assert ready["models"] == {"enet-camvid": True, "lenet5-fashion": False}
+    [fault] = (await c.get("/models")).json()["failed"]
+    assert fault["name"] == "lenet5-fashion" and fault["stage"] == "warm-up" and "bookkeeping broke" in fault["reason"]
+
+
+async def test_a_warm_up_that_dies_says_why_in_readiness(serve, tiny_repo, tmp_path, monkeypatch):
+    from enet_serve.service.server import ModelServer
+    repo = tmp_path / "repo"
+    copy_model(tiny_repo, "enet-camvid", repo)
+    _failing_at_run(repo, "bad-cls")
+
+    def broken_record(self, fault):
+        raise RuntimeError("the fault could not be recorded")
+
+    monkeypatch.setattr(ModelServer, "_record_fault", broken_record)
+    c = await serve(repository=repo, exit_on_error=False, ready=False)
+    for _ in range(300):
+        r = await c.get("/health/ready")
+        if "warm-up stopped" in r.text:
+            break
+        await asyncio.sleep(0.02)
+    e = _error(r, 503, "not_ready")
+    assert "warm-up stopped" in e["message"] and "the fault could not be recorded" in e["message"]
+
+
 # -- request ids ----------------------------------------------------------------------------------------
 
 async def test_request_id_generated_echoed_and_on_errors(serve):
