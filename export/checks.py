@@ -183,13 +183,18 @@ def open_session(model: onnx.ModelProto | Path, precision: str) -> ort.Inference
     return ort.InferenceSession(source, so, providers=providers_for(precision))
 
 
-def with_logits_output(model: onnx.ModelProto, task: str) -> onnx.ModelProto | None:
-    """A copy of `model` that also outputs the input of its last ArgMax (segment) / Softmax (classify)."""
+def scores_tensor(model: onnx.ModelProto, task: str) -> str | None:
+    """The graph's class scores: the input of its last ArgMax (segment) / Softmax (classify)."""
     op = "ArgMax" if task == "segment" else "Softmax"
     nodes = [n for n in model.graph.node if n.op_type == op]
-    if not nodes:
+    return nodes[-1].input[0] if nodes else None
+
+
+def with_logits_output(model: onnx.ModelProto, task: str) -> onnx.ModelProto | None:
+    """A copy of `model` that also outputs its class scores (`scores_tensor`)."""
+    name = scores_tensor(model, task)
+    if name is None:
         return None
-    name = nodes[-1].input[0]
     inferred = onnx.shape_inference.infer_shapes(model)
     infos = [vi for vi in inferred.graph.value_info if vi.name == name]
     if not infos:

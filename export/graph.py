@@ -133,14 +133,18 @@ class _Preprocess(nn.Module):
         return rows.reshape(n, h, w, c).permute(0, 3, 1, 2)
 
 
-def top_probability_255(scores: torch.Tensor) -> torch.Tensor:
+def top_probability_255(scores: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
     """The softmax's largest value over axis 1 times 255, rounded, in float32: 255 / sum(exp(s - max s)).
+
+    `top` is the index of the largest score (the graph's ArgMax, keepdim): the max is read there
+    (GatherElements) rather than reduced over the classes a second time (on CPUs 0.4 against 1 ms for
+    ENet at 360x480).
 
     float32 also in FP16 graphs (as the classifiers' softmax). Rounded here, so that the final Cast to
     uint8 sees whole numbers and any runtime's Cast (truncating or rounding) gives the same byte; the
     sum is >= 1 (the max's own term), so the value stays within 0..255."""
     s = scores.float()
-    return torch.round(255.0 / torch.exp(s - s.amax(1, keepdim=True)).sum(1, keepdim=True))
+    return torch.round(255.0 / torch.exp(s - s.gather(1, top)).sum(1, keepdim=True))
 
 
 class SegmentationGraph(nn.Module):
@@ -168,7 +172,8 @@ class SegmentationGraph(nn.Module):
         # The class index as float (exact up to 2**24) beside the confidence, both whole numbers:
         # interleaved and cropped together, in float; each uint8 output is made by the very last
         # node, a Cast (TensorRT's UINT8 rule, export.structure).
-        out = torch.cat([scores.argmax(1, keepdim=True).float(), top_probability_255(scores)], 1)
+        top = scores.argmax(1, keepdim=True)
+        out = torch.cat([top.float(), top_probability_255(scores, top)], 1)
         if hasattr(self.model, "scores_to_image"):
             out = self.model.scores_to_image(out)
         if self.multiple > 1:

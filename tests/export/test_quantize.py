@@ -36,6 +36,8 @@ def test_int8_export_is_quantized_gated_and_recorded(lenet_int8):
     assert config["files"]["int8"]["path"] == "1/model.int8.onnx"
     graph = onnx.load(str(lenet_int8.path / "1" / "model.int8.onnx")).graph
     assert any(n.op_type == "QLinearConv" for n in graph.node)  # QOperator form, not QDQ
+    # the probabilities come from a float Softmax, not in 1/256 steps out of a QLinearSoftmax
+    assert "Softmax" in _ops_from_scores(graph, "Softmax") and "QLinearSoftmax" not in {n.op_type for n in graph.node}
     session = ort.InferenceSession(str(lenet_int8.path / "1" / "model.int8.onnx"), providers=["CPUExecutionProvider"])
     probs = session.run(None, {"image": np.zeros((3, 32, 32, 1), np.uint8)})[0]
     assert probs.shape == (3, 10) and probs.dtype == np.float32
@@ -47,7 +49,7 @@ def test_gate_refuses_a_graph_calibrated_on_black_frames(lenet_int8, tmp_path):
     spec = get_spec("lenet5")
     fp32 = lenet_int8.path / "1" / "model.fp32.onnx"
     bad = tmp_path / "bad.int8.onnx"
-    quantize.quantize(fp32, bad, np.zeros((8, 32, 32, 1), np.uint8))
+    quantize.quantize(fp32, bad, np.zeros((8, 32, 32, 1), np.uint8), "classify")
     with pytest.raises(ExportCheckError, match="INT8 top-1 vs FP32"):
         quantize.gate(fp32, bad, spec, trained=True)
 
@@ -95,9 +97,34 @@ def test_segment_gate_scores_miou_and_mask_agreement(tmp_path, monkeypatch):
     fp32 = result.path / "1" / "model.fp32.onnx"
     images, source = quantize.calibration_images(spec, trained=True)
     assert source.startswith("CamVid train") and images.shape == (2, 360, 480, 3)
-    quantize.quantize(fp32, tmp_path / "enet.int8.onnx", images)
+    quantize.quantize(fp32, tmp_path / "enet.int8.onnx", images, "segment")
+    # the network is quantized up to its last layer; that layer and the post-processing are float
+    graph = onnx.load(str(tmp_path / "enet.int8.onnx")).graph
+    assert sum(n.op_type == "QLinearConv" for n in graph.node) > 50
+    producers = {o: n for n in graph.node for o in n.output}
+    scores = [n for n in graph.node if n.op_type == "ArgMax"][-1].input[0]
+    while producers[scores].op_type == "Reshape":
+        scores = producers[scores].input[0]
+    assert producers[scores].op_type == "Conv"
+    downstream = _ops_from_scores(graph, "ArgMax")
+    assert {"ArgMax", "Exp", "ReduceSum"} <= set(downstream)
+    assert not [op for op in downstream if op.startswith("QLinear") or op in ("QuantizeLinear", "DequantizeLinear")]
     fp32_s, int8_s = quantize._session(fp32), quantize._session(tmp_path / "enet.int8.onnx")
     miou, masks, confidence = quantize._segment_gate(fp32_s, int8_s, spec)
     assert miou.name == "INT8 val mIoU" and "2 frames" in miou.detail
     assert masks.name == "INT8 masks vs FP32" and "% of pixels equal" in masks.detail
     assert confidence.name == "INT8 confidence vs FP32" and "within 16 of FP32's" in confidence.detail
+
+
+def _ops_from_scores(graph: onnx.GraphProto, op: str) -> list[str]:
+    """The op types of the nodes that read the input of the graph's last `op` node, and of all after them."""
+    scores = [n for n in graph.node if n.op_type == op][-1].input[0]
+    seen, frontier, ops = set(), [scores], []
+    while frontier:
+        name = frontier.pop()
+        for node in graph.node:
+            if name in node.input and node.name not in seen:
+                seen.add(node.name)
+                ops.append(node.op_type)
+                frontier.extend(node.output)
+    return ops
