@@ -44,7 +44,9 @@ TOP1_AGREEMENT = 0.99
 # levels; 16 of 255 is about 6 points of probability, enough to keep a min_confidence threshold meaningful.
 CONFIDENCE_TOLERANCE = 16
 CONFIDENCE_AGREEMENT = 0.9
-CALIBRATION_FRAMES = 32  # CamVid train frames, evenly spaced over the split
+# CamVid train frames, evenly spaced over the split. ENet's val mIoU loss against FP32 with 32, 64 and 128:
+# 0.44, 0.33, 0.22 points (the export takes 5 s more and 90 MB more memory at 128).
+CALIBRATION_FRAMES = 128
 CALIBRATION_CLASSIFY = 256  # Fashion-MNIST train images
 GATE_CLASSIFY = 1000  # Fashion-MNIST test images
 GATE_BATCH = 4
