@@ -67,29 +67,29 @@ def slow_cls_graph(matmuls: int, side: int = 384) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
+def _slow_repo(tmp_path_factory, matmuls: int) -> Path:
+    repo = tmp_path_factory.mktemp(f"slow_repo_{matmuls}")
+    write_model(repo, "lenet5-fashion", slow_cls_graph(matmuls), CLS_CONFIG)
+    return repo
+
+
 @pytest.fixture(scope="module")
 def slow_repo(tmp_path_factory) -> Path:
     """lenet5-fashion as a classifier that takes 0.2-0.5 s per image on one thread."""
-    repo = tmp_path_factory.mktemp("slow_repo")
-    write_model(repo, "lenet5-fashion", slow_cls_graph(96), CLS_CONFIG)
-    return repo
+    return _slow_repo(tmp_path_factory, 96)
 
 
 @pytest.fixture(scope="module")
 def slower_repo(tmp_path_factory) -> Path:
-    """The same at 1-2.5 s per image: long enough to queue three more behind it on a loaded machine."""
-    repo = tmp_path_factory.mktemp("slower_repo")
-    write_model(repo, "lenet5-fashion", slow_cls_graph(480), CLS_CONFIG)
-    return repo
+    """The same at 1-2.5 s per image: sixteen of them outlast a 1 s drain grace on any machine."""
+    return _slow_repo(tmp_path_factory, 480)
 
 
 @pytest.fixture(scope="module")
 def slowest_repo(tmp_path_factory) -> Path:
     """The same at 1.5-7 s per image: the first request must outlast queueing three more and closing them,
     also on a fast machine whose polls stall (0.45 s per image at 480 matmuls was seen)."""
-    repo = tmp_path_factory.mktemp("slowest_repo")
-    write_model(repo, "lenet5-fashion", slow_cls_graph(1440), CLS_CONFIG)
-    return repo
+    return _slow_repo(tmp_path_factory, 1440)
 
 
 def free_port() -> int:
@@ -274,7 +274,7 @@ def test_trickled_body_gets_408(tiny_repo, tmp_path):
 def test_vanished_clients_are_never_run(slowest_repo, tmp_path):
     with server(tmp_path, slowest_repo, *SLOW) as p:
         first = _raw_request(p.port, "/classify", IMAGE)
-        p.wait_until(lambda: p.metric(DECODED) == 1, what="the first to run")  # running now, for 1-2.5 s
+        p.wait_until(lambda: p.metric(DECODED) == 1, what="the first to run")  # running now, for 1.5-7 s
         queued = [_raw_request(p.port, "/classify", IMAGE) for _ in range(3)]
         # decoded means queued (the decode is the step before the queue); a counter, unlike the queue-depth
         # gauge, cannot be missed between two polls (a stalled poll once saw the gauge only after it fell)
