@@ -21,6 +21,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help="enet-camvid: random scale range before cropping (1 1: none)")
     p.add_argument("--jitter", type=float, help="enet-camvid: colour jitter amount (0: none)")
+    p.add_argument("--lovasz", type=float, metavar="W",
+                   help="enet-camvid: add W x the Lovász-softmax loss (a surrogate of mIoU) to the cross-entropy (0: none)")
     p.add_argument("--train-split", help="enet-camvid: the CamVid splits to train on, joined by + (default: train; "
                    "the shipped model: train+val)")
     p.add_argument("--encoder-epochs", type=int, help="enet-camvid: ENet's two-stage schedule: train the encoder alone "
@@ -91,6 +93,8 @@ def _train(args: argparse.Namespace) -> int:
             recipe.scale = tuple(args.scale)
         if args.jitter is not None:
             recipe.jitter = args.jitter
+        if args.lovasz is not None:
+            recipe.lovasz = args.lovasz
         if args.train_split:
             recipe.train_split = args.train_split
         if args.hold_out_drive:

@@ -42,6 +42,9 @@ CANDIDATES: dict[str, dict] = {
     "scale-jitter": {"crop": (288, 384), "scale": (0.75, 1.5), "jitter": 0.3},
     # The same with ENet's two stages: the encoder alone for the first 30% of the epochs.
     "scale-jitter-two-stage": {"crop": (288, 384), "scale": (0.75, 1.5), "jitter": 0.3, "encoder_fraction": 0.3},
+    # The crops recipe with the Lovász-softmax term beside the cross-entropy: mIoU's surrogate, for the
+    # thin classes (poles) that pixel-weighted cross-entropy leaves unlearned at CPU budgets.
+    "crops-lovasz": {"crop": (288, 384), "lovasz": 1.0},
 }
 DEFAULT_CANDIDATES = tuple(CANDIDATES)
 DEFAULT_HOLD_OUT = ("0006R0",)  # a whole daytime drive, like the test split's Seq05VD
@@ -89,7 +92,7 @@ def equivalent_command(recipe: SegmentationRecipe, data: str, device: str, run_d
     """The `enet-serve train` command that trains the same recipe alone (what the shipped record shows)."""
     args = ["enet-serve", "train", "enet-camvid", "--data", data, "--device", device, "--train-split", recipe.train_split,
             "--epochs", recipe.epochs, "--full-epochs", recipe.full_epochs, "--encoder-epochs", recipe.encoder_epochs,
-            "--crop", *recipe.crop, "--scale", *recipe.scale, "--jitter", recipe.jitter, "--lr", recipe.lr,
+            "--crop", *recipe.crop, "--scale", *recipe.scale, "--jitter", recipe.jitter, "--lovasz", recipe.lovasz, "--lr", recipe.lr,
             "--eval-every", recipe.eval_every, "--seed", recipe.seed, "--workers", workers, "--run-dir", run_dir]
     if recipe.hold_out_drive:
         args += ["--hold-out-drive", recipe.hold_out_drive]

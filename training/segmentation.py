@@ -27,6 +27,7 @@ from enet_serve.training.checkpoint import load_checkpoint, ship_weights
 from enet_serve.training.common import Normalize, hardware, pick_device, seed_everything, torch_predictor
 from enet_serve.training.datasets import CAMVID_NUM_CLASSES, CAMVID_VOID, CamVid, enet_class_weights
 from enet_serve.training.encoder_stage import EncoderHead, downsample_labels
+from enet_serve.training.losses import lovasz_softmax
 from enet_serve.training.metrics import ConfusionMatrix
 from enet_serve.training.run import TrainingRun
 
@@ -42,6 +43,9 @@ class SegmentationRecipe:
     # fine-tuning the same weights without them passed 57 within 35 epochs (README, Training).
     scale: tuple[float, float] = (1.0, 1.0)
     jitter: float = 0.0
+    # The weight of a Lovász-softmax term (training/losses.py, a surrogate of mIoU) added to the weighted
+    # cross-entropy: every class present in a batch counts alike, however few pixels it has.
+    lovasz: float = 0.0
     batch_size: int = 10
     lr: float = 5e-4
     weight_decay: float = 2e-4
@@ -149,6 +153,8 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
             else:
                 logits = model(normalize(images))
             loss = F.cross_entropy(logits, targets, weight=class_weights, ignore_index=CAMVID_VOID)
+            if recipe.lovasz and not encoder_stage:
+                loss = loss + recipe.lovasz * lovasz_softmax(logits, targets, ignore_index=CAMVID_VOID)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

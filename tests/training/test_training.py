@@ -54,6 +54,22 @@ def test_enet_steps_lower_the_loss_and_resume(tmp_path):
 
 
 @needs_camvid
+def test_enet_lovasz_term_is_trained_and_recorded(tmp_path):
+    """--lovasz adds the Lovász-softmax term to the weighted cross-entropy: the same first epoch costs more
+    by that term, the sum still falls, and the shipped record names the weight."""
+    torch.set_num_threads(2)
+    losses = {}
+    for weight in (0.0, 1.0):
+        recipe = SegmentationRecipe(epochs=6 if weight else 1, full_epochs=0, crop=(96, 128), batch_size=4, lr=5e-3,
+                                    eval_every=100, lovasz=weight)
+        train_segmentation(DEFAULT_CAMVID, tmp_path / str(weight), recipe, limit=4, progress=False, device="cpu")
+        losses[weight] = [h["loss"] for h in load_checkpoint(tmp_path / str(weight) / "last.pt")["history"]]
+    assert losses[1.0][0] > losses[0.0][0] + 0.1  # the Lovász loss of an untrained net is far from 0
+    assert losses[1.0][-1] < losses[1.0][0]
+    assert load_checkpoint(tmp_path / "1.0" / "last.pt")["recipe"]["lovasz"] == 1.0
+
+
+@needs_camvid
 def test_enet_held_out_drive_picks_and_records_the_unseen_drive(tmp_path):
     """A held-out-drive run scores the drive it never trained on and picks its epoch there; a train+val
     run has nothing unseen to pick on and ships its last epoch, with the held-out run's score recorded."""

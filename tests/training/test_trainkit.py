@@ -160,7 +160,7 @@ def test_gpu_kit_end_to_end_on_cpu(camvid_pack, tmp_path):
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable}
     # the script reads build/camvid-pack.tar from the repository's root: hand it the synthetic one instead
     args = [str(REPO_ROOT / "deploy/gpu-train/run.sh"), "150", "--pack", str(pack), "--work", str(tmp_path / "work"),
-            "--device", "cpu", "--max-epochs", "2", "--candidate", "crops", "--candidate", "scale-jitter-two-stage",
+            "--device", "cpu", "--max-epochs", "2", "--candidate", "crops-lovasz", "--candidate", "scale-jitter-two-stage",
             "--crop", "32", "48", "--workers", "0"]
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -169,10 +169,11 @@ def test_gpu_kit_end_to_end_on_cpu(camvid_pack, tmp_path):
     assert set(summary["probe"]) == set(summary["runs"]) and len(summary["runs"]) == 4
     assert all(r["completed"] for r in summary["runs"].values())
     winner = summary["winner"]
-    assert winner in ("crops", "scale-jitter-two-stage")
+    assert winner in ("crops-lovasz", "scale-jitter-two-stage")
     assert summary["scores"][winner]["held_out_last"] == summary["runs"][f"{winner}--without-0006R0"]["held_out_last"]
     two_stage = summary["runs"]["scale-jitter-two-stage--train-val"]["recipe"]
     assert (two_stage["encoder_epochs"], two_stage["full_epochs"], two_stage["train_split"]) == (1, 1, "train+val")
+    assert summary["runs"]["crops-lovasz--train-val"]["recipe"]["lovasz"] == 1.0 and two_stage["lovasz"] == 0.0
     assert sorted(summary["files"]) == sorted(["enet-camvid.pth", f"run-{winner}--train-val.tar",
                                                f"run-{winner}--without-0006R0.tar"])
     shipped = torch.load(out / "enet-camvid.pth", weights_only=False)
