@@ -56,7 +56,7 @@ def test_enet_steps_lower_the_loss_and_resume(tmp_path):
 @needs_camvid
 def test_enet_lovasz_term_is_trained_and_recorded(tmp_path):
     """--lovasz adds the Lovász-softmax term to the weighted cross-entropy: the same first epoch costs more
-    by that term, the sum still falls, and the shipped record names the weight."""
+    by that term, the sum still falls, and the run's record names the weight."""
     torch.set_num_threads(2)
     losses = {}
     for weight in (0.0, 1.0):
