@@ -53,6 +53,8 @@ def held_out_estimate(run_dir: Path) -> dict:
     best = load_checkpoint(run_dir / "best.pt")
     estimate = {"drive": drive, "run": run_dir.name, "epoch": best["epoch"] + 1, "epochs": len(last["history"]),
                 "recipe": last["recipe"], "held_out": best["metrics"]["held_out"], "val": best["metrics"].get("val")}
+    if last.get("init_from"):  # a fine-tuning run: the estimate is of both steps, so name the first
+        estimate["initialised_from"] = {k: last["init_from"].get(k) for k in ("file", "epoch")}
     # The best epoch was picked on the drive itself, so its score flatters; a model trained with a fixed
     # schedule ships its last epoch, and the held-out run's last epoch is the like-for-like estimate.
     final = last["history"][-1]

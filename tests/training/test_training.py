@@ -93,6 +93,16 @@ def test_enet_held_out_drive_picks_and_records_the_unseen_drive(tmp_path):
     estimate = shipped["training"]["held_out_estimates"][0]
     assert estimate["drive"] == "0006R0" and estimate["recipe"]["hold_out_drive"] == "0006R0"
     assert estimate["held_out"]["mIoU"] == load_checkpoint(tmp_path / "held" / "best.pt")["metrics"]["held_out"]["mIoU"]
+    assert "initialised_from" not in estimate
+
+    # a held-out fine-tune of that run: its estimate names the weights the fine-tune started from
+    recipe = SegmentationRecipe(epochs=1, full_epochs=0, crop=(96, 128), batch_size=4, train_split="train+val",
+                                hold_out_drive="0006R0", jitter=0.2)
+    train_segmentation(DEFAULT_CAMVID, tmp_path / "held-ft", recipe, limit=4, progress=False, device="cpu",
+                       init_from=tmp_path / "held" / "last.pt")
+    estimate = ship_weights(tmp_path / "all", tmp_path / "all.pth", pick="last",
+                            held_out_runs=[tmp_path / "held-ft"])["training"]["held_out_estimates"][0]
+    assert estimate["initialised_from"] == {"file": str(tmp_path / "held" / "last.pt"), "epoch": 1}
 
 
 @needs_fashion
