@@ -105,7 +105,6 @@ class _Frames:
 def quantize(fp32_path: Path, int8_path: Path, images: np.ndarray, task: str) -> None:
     """Write the static INT8 (QOperator, per-channel) form of the graph at `fp32_path` to `int8_path`;
     the last layer of `task`'s graph and its post-processing stay float (`float_nodes`)."""
-    input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     with tempfile.TemporaryDirectory(prefix="enet-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         _basic_optimised(fp32_path, prepared)
@@ -113,7 +112,8 @@ def quantize(fp32_path: Path, int8_path: Path, images: np.ndarray, task: str) ->
         for i, node in enumerate(graph.graph.node):
             node.name = node.name or f"{node.op_type}_{i}"  # the quantizer excludes nodes by name
         onnx.save(graph, str(prepared))
-        _quantize_static(prepared, int8_path, input_name, images, exclude=float_nodes(graph, task))
+        _quantize_static(prepared, fp32_path, int8_path, graph.graph.input[0].name, images,
+                         exclude=float_nodes(graph, task))
 
 
 # Ops that only move the scores: the float part starts before them, at the op that computes the scores.
@@ -156,15 +156,16 @@ def _basic_optimised(src: Path, dst: Path) -> None:
     ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
 
 
-def _quantize_static(fp32_path: Path, int8_path: Path, input_name: str, images: np.ndarray,
+def _quantize_static(prepared: Path, fp32_path: Path, int8_path: Path, input_name: str, images: np.ndarray,
                      exclude: list[str]) -> None:
+    """Quantize `prepared` (a temporary form of the graph at `fp32_path`, which errors name) into `int8_path`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     # The quantizer logs on the root logger for every tensor it leaves alone (the uint8 image, the
     # int64 shapes) and suggests a pre-processing pass that made no difference here.
     logging.disable(logging.WARNING)
     try:
-        quantize_static(str(fp32_path), str(int8_path), _Frames(input_name, images),
+        quantize_static(str(prepared), str(int8_path), _Frames(input_name, images),
                         quant_format=QuantFormat.QOperator, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, calibration_providers=["CPUExecutionProvider"],
