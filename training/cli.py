@@ -188,6 +188,9 @@ def add_kit_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="override the candidates' crop size")
     run.add_argument("--device", default="cuda", help="cuda (default) or cpu (the end-to-end test)")
     run.add_argument("--workers", type=int, help="DataLoader processes per run (default: the cores shared out)")
+    run.add_argument("--compare-with", type=Path, default=WEIGHTS_DIR / "enet-camvid.pth", metavar="WEIGHTS",
+                     help="the weights shipped now, whose held-out estimates the winner is set beside "
+                          "(default: models/weights/enet-camvid.pth)")
 
 
 def run_kit(args: argparse.Namespace) -> int:
@@ -208,7 +211,7 @@ def run_kit(args: argparse.Namespace) -> int:
         summary = kit(args.pack, args.out, args.budget, tuple(args.candidate or DEFAULT_CANDIDATES),
                       tuple(args.hold_out_drive or DEFAULT_HOLD_OUT), work=args.work, device=args.device,
                       epochs=args.epochs, max_epochs=args.max_epochs, crop=tuple(args.crop) if args.crop else None,
-                      workers=args.workers)
+                      workers=args.workers, compare_with=args.compare_with)
     except (FileNotFoundError, DatasetError, RuntimeError) as e:
         print(f"enet-serve train-kit: {e}")
         return 2

@@ -10,8 +10,10 @@ a large GPU mostly idle, so runs side by side cost little more than one):
 - all with the same fixed schedule: a short probe of every run, side by side, measures the seconds
   per crop epoch, full-frame epoch and evaluation, and the epoch count is the largest that fits;
 - the winner is the candidate with the best held-out mIoU at the last epoch (the epoch a fixed
-  schedule ships; the best epoch, picked on the drive itself, is reported too); its train+val run
-  is shipped, with its held-out runs' scores recorded as the estimate on unseen streets.
+  schedule ships; the best epoch, picked on the drive itself, is reported too), averaged over the
+  drives; its train+val run is shipped, with its held-out runs' scores recorded as the estimate on
+  unseen streets, and set beside the same drives' estimates of the weights shipped now (whether it
+  beats them is the summary's `beats_shipped`: the kit writes OUT, never models/weights/).
 
 Every run stops before an epoch that would end after the deadline, so the results are always
 written: OUT/summary.json, OUT/enet-camvid.pth (models/weights/ format), and one tar per run that
@@ -30,6 +32,7 @@ import time
 import traceback
 from pathlib import Path
 
+from enet_serve.paths import WEIGHTS_DIR
 from enet_serve.training.checkpoint import load_checkpoint, ship_weights
 from enet_serve.training.segmentation import SegmentationRecipe
 
@@ -47,7 +50,9 @@ CANDIDATES: dict[str, dict] = {
     "crops-lovasz": {"crop": (288, 384), "lovasz": 1.0},
 }
 DEFAULT_CANDIDATES = tuple(CANDIDATES)
-DEFAULT_HOLD_OUT = ("0006R0",)  # a whole daytime drive, like the test split's Seq05VD
+# Two whole drives, each held out in turn: daytime 0006R0 (an unseen street, like the test split's
+# Seq05VD) and dusk 0001TP (unseen light: the only drive that rewarded colour jitter on the CPU).
+DEFAULT_HOLD_OUT = ("0006R0", "0001TP")
 FULL_FRACTION = 0.2  # the last epochs train on whole frames, as in the CPU recipe
 PROBE_EPOCHS = 4  # two crop epochs and two full-frame ones; the second of each is timed (the first warms up)
 TRAIN_SPLIT = "train+val"
@@ -207,7 +212,8 @@ def plan_epochs(runs: list[PlannedRun], timings: dict[str, Timing], seconds: flo
 def run_kit(pack: Path, out: Path, budget_s: float, candidates: tuple[str, ...] = DEFAULT_CANDIDATES,
             drives: tuple[str, ...] = DEFAULT_HOLD_OUT, work: Path | None = None, device: str = "cuda",
             epochs: int | None = None, max_epochs: int = 1000, crop: tuple[int, int] | None = None,
-            workers: int | None = None, threads: int = 1, reserve_s: float | None = None) -> dict:
+            workers: int | None = None, threads: int = 1, reserve_s: float | None = None,
+            compare_with: Path = WEIGHTS_DIR / "enet-camvid.pth") -> dict:
     """The whole visit: probe, plan, train side by side, pick, ship; returns (and writes) the summary."""
     if not pack.exists():
         raise FileNotFoundError(f"{pack}: no CamVid pack (write it with `enet-serve train-kit pack` and carry it along)")
@@ -245,6 +251,7 @@ def run_kit(pack: Path, out: Path, budget_s: float, candidates: tuple[str, ...] 
     summary["runs"] = {run.name: {**_run_result(run), **ended[run.name]} for run in runs}
     _write_summary(out, summary)
     _choose_and_ship(runs, summary, out)
+    _compare_with_shipped(summary, compare_with)
     summary["wall_s"] = round(time.time() - started, 1)
     _write_summary(out, summary)
     print(format_summary(summary), flush=True)
@@ -317,6 +324,35 @@ def _choose_and_ship(runs: list[PlannedRun], summary: dict, out: Path) -> None:
     summary["files"] = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "summary.json")
 
 
+def shipped_estimates(weights: Path) -> dict[str, float]:
+    """{drive: held-out mIoU at the last epoch} recorded in shipped weights (models/weights/ format)."""
+    if not weights.is_file():
+        return {}
+    import torch
+
+    training = torch.load(weights, map_location="cpu", weights_only=False).get("training", {})
+    return {e["drive"]: e["last_epoch"]["held_out"]["mIoU"]
+            for e in training.get("held_out_estimates", []) if "last_epoch" in e}
+
+
+def _compare_with_shipped(summary: dict, weights: Path) -> None:
+    """Set the winner beside the weights shipped now, on the drives both were scored on (same frames,
+    same measure: a held-out run's last epoch), so that a visit cannot ship a step back unnoticed."""
+    estimates = shipped_estimates(weights)
+    drives = [d for d in summary["hold_out_drives"] if d in estimates]
+    summary["shipped_now"] = {"file": str(weights), "held_out_last": {d: estimates[d] for d in drives}}
+    winner = summary.get("winner")
+    if not winner or not drives:
+        return
+    results = summary["runs"]
+    mine = {d: results[f"{winner}--without-{d}"].get("held_out_last") for d in drives}
+    if None in mine.values():
+        return
+    summary["shipped_now"]["mean"] = round(sum(estimates[d] for d in drives) / len(drives), 2)
+    summary["winner_mean_on_those_drives"] = round(sum(mine.values()) / len(drives), 2)
+    summary["beats_shipped"] = summary["winner_mean_on_those_drives"] > summary["shipped_now"]["mean"]
+
+
 def _tar_run(run_dir: Path, path: Path) -> None:
     """One run's directory (checkpoints, history, log) as a tar: what --ship-only --held-out-run reads."""
     with tarfile.open(path, "w") as tar:
@@ -336,4 +372,9 @@ def format_summary(summary: dict) -> str:
         val = f"{r['val_last']:.2f}" if "val_last" in r else "-"
         lines.append(f"{name:<44}{r['epochs_done']:>5}/{r['epochs']:<4}{held:>15}{best:>15}{val:>8}")
     lines.append(f"winner: {summary.get('winner')}; shipped: {summary.get('shipped')}; wall {summary.get('wall_s')} s")
+    now = summary.get("shipped_now", {})
+    if "beats_shipped" in summary:
+        lines.append(f"held-out mean on {', '.join(now['held_out_last'])}: winner {summary['winner_mean_on_those_drives']:.2f}, "
+                     f"shipped now {now['mean']:.2f} ({now['file']}): "
+                     + ("the winner is better" if summary["beats_shipped"] else "keep the weights shipped now"))
     return "\n".join(lines)

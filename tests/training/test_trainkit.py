@@ -17,11 +17,12 @@ from enet_serve.cli import main
 from enet_serve.models import get_spec
 from enet_serve.models.enet import ENet
 from enet_serve.models.labels import load_labels
-from enet_serve.paths import REPO_ROOT
+from enet_serve.paths import REPO_ROOT, WEIGHTS_DIR
 from enet_serve.training.checkpoint import load_checkpoint
 from enet_serve.training.datasets import CAMVID_VOID, CamVid, DatasetError
 from enet_serve.training.encoder_stage import EncoderHead, downsample_labels
-from enet_serve.training.kit import Timing, candidate_recipe, plan_epochs, plan_runs, schedule
+from enet_serve.training.kit import (DEFAULT_HOLD_OUT, Timing, _compare_with_shipped, candidate_recipe, format_summary,
+                                     plan_epochs, plan_runs, schedule, shipped_estimates)
 from enet_serve.training.pack import pack_camvid, read_manifest
 from enet_serve.training.segmentation import SegmentationRecipe, train_segmentation
 
@@ -139,6 +140,43 @@ def test_schedule_and_plan_fit_the_budget(tmp_path):
     assert plan_epochs(runs, timings, 1e6, 7, None) == 7
 
 
+def test_by_default_the_kit_holds_out_a_daytime_and_the_dusk_drive(tmp_path):
+    # 0006R0 alone cannot reward colour jitter; 0001TP (dusk) can (README, Training)
+    assert DEFAULT_HOLD_OUT == ("0006R0", "0001TP")
+    runs = plan_runs(("crops", "scale-jitter"), DEFAULT_HOLD_OUT, 1, tmp_path)
+    assert [r.held_out for r in runs] == ["0006R0", "0001TP", None] * 2
+
+
+def _estimate(drive: str, miou: float) -> dict:
+    return {"drive": drive, "last_epoch": {"epoch": 15, "held_out": {"mIoU": miou}}}
+
+
+def test_the_winner_is_set_beside_the_weights_shipped_now_on_the_same_drives(tmp_path):
+    weights = tmp_path / "enet-camvid.pth"
+    torch.save({"training": {"held_out_estimates": [_estimate("0006R0", 36.0), _estimate("0001TP", 26.0)]}}, weights)
+    assert shipped_estimates(weights) == {"0006R0": 36.0, "0001TP": 26.0}
+    assert shipped_estimates(tmp_path / "none.pth") == {}
+
+    def summary(drives, scores):
+        runs = {f"w--without-{d}": {"held_out_last": m, "epochs_done": 9, "epochs": 9} for d, m in zip(drives, scores)}
+        return {"hold_out_drives": list(drives), "winner": "w", "runs": runs}
+
+    better = summary(("0006R0", "0001TP"), (35.0, 29.0))  # worse on one drive, better on the mean: 32.0 > 31.0
+    _compare_with_shipped(better, weights)
+    assert better["shipped_now"] == {"file": str(weights), "held_out_last": {"0006R0": 36.0, "0001TP": 26.0}, "mean": 31.0}
+    assert better["winner_mean_on_those_drives"] == 32.0 and better["beats_shipped"] is True
+    assert "the winner is better" in format_summary(better)
+    # only the drives both were scored on count: here 0006R0, where the winner is behind
+    one = summary(("0006R0", "0016E5"), (35.0, 60.0))
+    _compare_with_shipped(one, weights)
+    assert one["shipped_now"]["held_out_last"] == {"0006R0": 36.0} and one["beats_shipped"] is False
+    assert "keep the weights shipped now" in format_summary(one)
+    # nothing to compare with: said so by the absence of a verdict, not by a made-up one
+    none = summary(("0006R0",), (35.0,))
+    _compare_with_shipped(none, tmp_path / "none.pth")
+    assert none["shipped_now"]["held_out_last"] == {} and "beats_shipped" not in none
+
+
 def test_deploy_script_bootstraps_without_an_installed_project():
     """kit.py imports the project from a plain checkout (the GPU machine has no pip install of it)."""
     code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
@@ -161,7 +199,7 @@ def test_gpu_kit_end_to_end_on_cpu(camvid_pack, tmp_path):
     # the script reads build/camvid-pack.tar from the repository's root: hand it the synthetic one instead
     args = [str(REPO_ROOT / "deploy/gpu-train/run.sh"), "150", "--pack", str(pack), "--work", str(tmp_path / "work"),
             "--device", "cpu", "--max-epochs", "2", "--candidate", "crops-lovasz", "--candidate", "scale-jitter-two-stage",
-            "--crop", "32", "48", "--workers", "0"]
+            "--crop", "32", "48", "--workers", "0", "--hold-out-drive", "0006R0"]
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -180,6 +218,12 @@ def test_gpu_kit_end_to_end_on_cpu(camvid_pack, tmp_path):
     assert shipped["training"]["recipe"]["train_split"] == "train+val" and shipped["training"]["epochs"] == 2
     assert shipped["training"]["commands"][0].startswith("enet-serve train enet-camvid --data build/camvid-pack.tar")
     assert shipped["training"]["held_out_estimates"][0]["drive"] == "0006R0"
+    # set beside the committed enet-camvid's estimate on the same drive
+    committed = shipped_estimates(WEIGHTS_DIR / "enet-camvid.pth")["0006R0"]
+    assert summary["shipped_now"] == {"file": str(WEIGHTS_DIR / "enet-camvid.pth"), "held_out_last": {"0006R0": committed},
+                                      "mean": committed}
+    assert summary["beats_shipped"] == (summary["winner_mean_on_those_drives"] > committed)
+    assert "shipped now" in result.stdout
 
     # the follow-up on this machine: unpack the run tars, ship with the held-out run's estimate
     runs = tmp_path / "runs"
