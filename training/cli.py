@@ -35,7 +35,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", type=Path, metavar="FILE",
                    help="enet-camvid: start a new run from these weights (a checkpoint or models/weights/*.pth)")
     p.add_argument("--run-dir", type=Path, help="checkpoints and history (default: runs/RECIPE)")
-    p.add_argument("--weights-out", type=Path, help="where to write the best weights (default: models/weights/RECIPE.pth)")
+    p.add_argument("--weights-out", type=Path, help="where to write the best weights (default: models/weights/RECIPE.pth; "
+                   "RUN_DIR/best.pth for a --hold-out-drive run)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
@@ -62,6 +63,9 @@ def run_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or RUNS_DIR / args.recipe
     weights_out = args.weights_out or WEIGHTS_DIR / f"{args.recipe}.pth"
+    if args.hold_out_drive and not args.ship_only and not args.weights_out:
+        # a held-out-drive run measures a recipe; it never replaces the shipped weights unless told to
+        weights_out = run_dir / "best.pth"
     if args.ship_only:
         from enet_serve.training.checkpoint import ship_weights
 

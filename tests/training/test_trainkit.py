@@ -117,6 +117,19 @@ def test_two_stage_schedule_and_resume(camvid_pack, tmp_path):
     assert len(load_checkpoint(tmp_path / "run" / "last.pt")["history"]) == 4
 
 
+def test_a_held_out_drive_run_leaves_the_shipped_weights_alone(camvid_pack, tmp_path, monkeypatch):
+    source, _ = camvid_pack
+    from enet_serve.training import cli
+
+    monkeypatch.setattr(cli, "WEIGHTS_DIR", tmp_path / "weights")  # where the shipped weights would be written
+    assert main(["train", "enet-camvid", "--data", str(source), "--train-split", "train+val", "--hold-out-drive", "0006R0",
+                 "--epochs", "1", "--full-epochs", "0", "--crop", "32", "48", "--eval-every", "1", "--workers", "0",
+                 "--threads", "1", "--no-progress", "--run-dir", str(tmp_path / "run")]) == 0
+    assert not (tmp_path / "weights").exists()
+    weights = torch.load(tmp_path / "run" / "best.pth", weights_only=False)
+    assert weights["training"]["recipe"]["hold_out_drive"] == "0006R0"
+
+
 def test_a_run_stops_before_an_epoch_that_would_end_past_its_deadline(camvid_pack, tmp_path):
     _, pack = camvid_pack
     recipe = SegmentationRecipe(epochs=5, full_epochs=0, crop=(32, 48), batch_size=4, eval_every=100)
