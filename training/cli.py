@@ -62,10 +62,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or RUNS_DIR / args.recipe
-    weights_out = args.weights_out or WEIGHTS_DIR / f"{args.recipe}.pth"
-    if args.hold_out_drive and not args.ship_only and not args.weights_out:
-        # a held-out-drive run measures a recipe; it never replaces the shipped weights unless told to
-        weights_out = run_dir / "best.pth"
+    # a held-out-drive run measures a recipe: it never replaces the shipped weights unless told to
+    held_out_run = args.hold_out_drive and not args.ship_only
+    weights_out = args.weights_out or (run_dir / "best.pth" if held_out_run else WEIGHTS_DIR / f"{args.recipe}.pth")
     if args.ship_only:
         from enet_serve.training.checkpoint import ship_weights
 

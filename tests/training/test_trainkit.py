@@ -171,8 +171,9 @@ def test_the_winner_is_set_beside_the_weights_shipped_now_on_the_same_drives(tmp
     assert shipped_estimates(tmp_path / "none.pth") == {}
 
     def summary(drives, scores):
-        runs = {f"w--without-{d}": {"held_out_last": m, "epochs_done": 9, "epochs": 9} for d, m in zip(drives, scores)}
-        return {"hold_out_drives": list(drives), "winner": "w", "runs": runs}
+        runs = {f"w--without-{d}": {"held_out_drive": d, "held_out_last": m, "epochs_done": 9, "epochs": 9}
+                for d, m in zip(drives, scores)}
+        return {"hold_out_drives": list(drives), "winner": "w", "runs": runs, "held_out_runs": list(runs)}
 
     better = summary(("0006R0", "0001TP"), (35.0, 29.0))  # worse on one drive, better on the mean: 32.0 > 31.0
     _compare_with_shipped(better, weights)
