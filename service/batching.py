@@ -30,7 +30,8 @@ from typing import Any, Callable, Hashable, Sequence
 import numpy as np
 
 from enet_serve.service import timing
-from enet_serve.service.errors import DeadlineExceeded, InferenceFailed, QueueFull, ServiceUnavailable
+from enet_serve.service.errors import (DeadlineExceeded, InferenceFailed, PayloadTooLarge, QueueFull,
+                                       ServiceUnavailable)
 
 log = logging.getLogger("enet_serve.service.batching")
 
@@ -41,7 +42,7 @@ Runner = Callable[[Sequence[np.ndarray]], Sequence[np.ndarray]]
 
 
 class _Item:
-    __slots__ = ("array", "key", "future", "enqueued", "deadline", "state", "started", "inference_s")
+    __slots__ = ("array", "key", "future", "enqueued", "deadline", "state", "started", "inference_s", "request")
 
     def __init__(self, array, key, future, enqueued, deadline):
         self.array = array
@@ -52,6 +53,7 @@ class _Item:
         self.state = QUEUED
         self.started = enqueued  # when its batch was formed (for the caller's Server-Timing)
         self.inference_s = 0.0
+        self.request: Sequence[_Item] = (self,)  # the items submitted together (the rows of one request)
 
 
 class BatchObserver:
@@ -113,6 +115,7 @@ class Batcher:
         self.incoming = 0  # requests announced (being read/decoded) but not submitted yet
         self._queue: asyncio.Queue[_Item] | None = None
         self._pending: collections.deque[_Item] = collections.deque()
+        self._waiting = 0  # live items in _queue and _pending (see depth)
         self._free: asyncio.Queue[int] | None = None  # indices of the idle runners
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
@@ -123,6 +126,7 @@ class Batcher:
     def start(self) -> None:
         """Start the batcher task on the running loop."""
         self._queue = asyncio.Queue()
+        self._waiting = 0
         self._free = asyncio.Queue()
         for i in range(len(self.runners)):
             self._free.put_nowait(i)
@@ -143,6 +147,7 @@ class Batcher:
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
         for item in self._drain():
+            self._leave_queue(item, DROPPED)
             if not item.future.done():
                 item.future.set_exception(ServiceUnavailable("the server is shutting down"))
         if self._executor is not None:
@@ -155,8 +160,9 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        """Requests waiting for a batch (queued, not yet running)."""
-        return (self._queue.qsize() if self._queue is not None else 0) + len(self._pending)
+        """Inputs waiting for a batch: queued, not yet running, not expired or given up (those linger in
+        the queue until the loop passes them, but hold no place in it)."""
+        return self._waiting
 
     # -- callers -------------------------------------------------------------------------------------
     def announce(self) -> "_Announcement":
@@ -165,33 +171,61 @@ class Batcher:
 
     async def submit(self, array: np.ndarray, *, key: Hashable = None, timeout_s: float | None = None) -> tuple:
         """Queue one input (HxWxC); returns its outputs (one row of each model output)."""
+        (outputs,) = await self.submit_rows([array], key=key, timeout_s=timeout_s)
+        return outputs
+
+    async def submit_rows(self, arrays: Sequence[np.ndarray], *, key: Hashable = None,
+                          timeout_s: float | None = None) -> list[tuple]:
+        """Queue the rows of one request (a v2 batch) together: all of them or none, so a request the
+        queue has no room for is refused before any row runs; when one row fails or the caller goes
+        away, its rows still queued are dropped, never run. Returns each row's outputs."""
         if self._closed or self._queue is None or not self.running:
             raise ServiceUnavailable(f"model {self.name} is not serving")
-        if self.depth >= self.max_queue:
+        if len(arrays) > self.max_queue:
+            # retrying cannot help: the request alone is larger than the queue
+            raise PayloadTooLarge(f"model {self.name}: the request holds {len(arrays)} inputs; this server queues "
+                                  f"at most {self.max_queue} (max_queue): split it")
+        if self.depth + len(arrays) > self.max_queue:
             raise QueueFull(f"model {self.name}: {self.depth} requests queued (max_queue={self.max_queue}); retry later",
                             retry_after=1)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        item = _Item(array, key if key is not None else array.shape, loop.create_future(), now, now + timeout)
-        self._queue.put_nowait(item)
+        items = [_Item(a, key if key is not None else a.shape, loop.create_future(), now, now + timeout) for a in arrays]
+        for item in items:
+            item.request = items
+            self._queue.put_nowait(item)
+        self._waiting += len(items)
         self.observer.queue_depth(self.depth)
-        timer = loop.call_at(loop.time() + timeout, self._expire, item)
+        timer = loop.call_at(loop.time() + timeout, self._expire_all, items)
         try:
-            outputs = await item.future
-            timing.record_batch(item.started - item.enqueued, item.inference_s)
-            return outputs
-        except asyncio.CancelledError:
-            # the caller went away (client disconnected): never run it if it is still queued
-            if item.state == QUEUED:
-                item.state = DROPPED
+            rows = await asyncio.gather(*(item.future for item in items))
+        except BaseException:
+            # a row failed, or the caller went away (client disconnected): never run what is still queued
+            for item in items:
+                self._leave_queue(item, DROPPED)
+                item.future.cancel()  # no-op where answered; else nobody is left to read its result
             raise
         finally:
             timer.cancel()
+        for item in items:
+            timing.record_batch(item.started - item.enqueued, item.inference_s)
+        return list(rows)
+
+    def _leave_queue(self, item: _Item, state: int) -> None:
+        """An item stops waiting: taken into a batch (RUNNING) or given up (DROPPED)."""
+        if item.state == QUEUED:
+            item.state = state
+            self._waiting -= 1
+            self.observer.queue_depth(self.depth)
+
+    def _expire_all(self, items: Sequence[_Item]) -> None:
+        for item in items:
+            self._expire(item)
 
     def _expire(self, item: _Item) -> None:
         if item.state == QUEUED and not item.future.done():
-            item.state = DROPPED
+            self._leave_queue(item, DROPPED)
             self.observer.expired()
             item.future.set_exception(DeadlineExceeded(
                 f"model {self.name}: the request waited {self.timeout_s:g} s in the queue (deadline) and was not run"))
@@ -281,9 +315,8 @@ class Batcher:
             raise
         now = time.monotonic()
         for item in batch:
-            item.state = RUNNING
+            self._leave_queue(item, RUNNING)
             item.started = now
-        self.observer.queue_depth(self.depth)
         return batch, [now - item.enqueued for item in batch]
 
     async def _fill(self, batch: list[_Item]) -> None:
@@ -325,6 +358,8 @@ class Batcher:
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(InferenceFailed(f"model {self.name}: inference failed: {e}"))
+                for row in item.request:  # the request has failed: its other rows must not run before it hears
+                    self._leave_queue(row, DROPPED)
         finally:
             for i in held:
                 self._free.put_nowait(i)

@@ -246,7 +246,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "bad or undecodable image"},
     401: {"model": ErrorResponse, "description": "missing or wrong API key (when keys are configured)"},
     404: {"model": ErrorResponse, "description": "unknown model"},
-    413: {"model": ErrorResponse, "description": "body or image too large"},
+    413: {"model": ErrorResponse, "description": "body, image or v2 batch too large"},
     415: {"model": ErrorResponse, "description": "unsupported media type"},
     422: {"model": ErrorResponse, "description": "bad parameters"},
     503: {"model": ErrorResponse, "description": "queue full or not ready (see Retry-After)"},

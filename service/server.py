@@ -316,7 +316,7 @@ class ModelServer:
     async def infer_tensor(self, model: LoadedModel, batch: np.ndarray) -> dict[str, np.ndarray]:
         """v2 infer: every row of an NxHxWxC uint8 batch through the batcher; outputs stacked back, by name."""
         assert model.batcher is not None
-        rows = await asyncio.gather(*(model.batcher.submit(np.ascontiguousarray(x), key=x.shape) for x in batch))
+        rows = await model.batcher.submit_rows([np.ascontiguousarray(x) for x in batch])
         return {name: np.stack([r[i] for r in rows]) for i, name in enumerate(model.runtime.output_names)}
 
 

@@ -379,6 +379,18 @@ async def test_v2_infer_json_and_binary(serve, tiny_repo):
     assert np.array_equal(np.array(t["data"], np.uint8).reshape(16, 24), _solo_mask(tiny_repo, img))
 
 
+async def test_v2_batch_larger_than_the_queue_is_413_not_a_retry(serve):
+    c = await serve(max_queue=2)
+    x = np.zeros((3, 28, 28, 1), np.uint8)
+    r = await c.post("/v2/models/lenet5-fashion/infer", json={"inputs": [
+        {"name": "image", "shape": list(x.shape), "datatype": "UINT8", "data": x.ravel().tolist()}]})
+    _error(r, 413, "payload_too_large")
+    assert "max_queue" in r.json()["error"]["message"] and "Retry-After" not in r.headers
+    r = await c.post("/v2/models/lenet5-fashion/infer", json={"inputs": [
+        {"name": "image", "shape": [2, 28, 28, 1], "datatype": "UINT8", "data": x[:2].ravel().tolist()}]})
+    assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [2, 10]
+
+
 async def test_v2_infer_errors(serve):
     c = await serve()
     url = "/v2/models/lenet5-fashion/infer"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from enet_serve.service.batching import Batcher, BatchObserver
-from enet_serve.service.errors import DeadlineExceeded, InferenceFailed, QueueFull
+from enet_serve.service.errors import DeadlineExceeded, InferenceFailed, PayloadTooLarge, QueueFull
 
 
 class Recorder(BatchObserver):
@@ -17,6 +17,10 @@ class Recorder(BatchObserver):
         self.sizes: list[int] = []
         self.instances: list[str] = []
         self.expired_count = 0
+        self.depths: list[int] = []
+
+    def queue_depth(self, depth):
+        self.depths.append(depth)
 
     def batch(self, size, inference_s, waits_s, instance="0"):
         self.sizes.append(size)
@@ -145,6 +149,86 @@ async def test_deadline_in_queue_gives_504_and_is_never_run():
         assert (after[0] == 6).all()
         assert seen == [[1], [3]]  # item 2 never ran
         assert rec.expired_count == 1
+    finally:
+        gate.set()
+        await b.stop()
+
+
+async def test_expired_and_abandoned_requests_free_their_place_in_the_queue():
+    seen: list = []
+    gate = threading.Event()
+    rec = Recorder()
+    b = await _started(Batcher("m", [doubling_runner(seen=seen, gate=gate)], max_batch_size=1, max_queue=2,
+                               timeout_s=0.1, observer=rec))
+    try:
+        blocker = asyncio.ensure_future(b.submit(item(1), timeout_s=30))
+        await asyncio.sleep(0.05)
+        expiring = [asyncio.ensure_future(b.submit(item(2))) for _ in range(2)]
+        for r in await asyncio.gather(*expiring, return_exceptions=True):
+            assert isinstance(r, DeadlineExceeded)
+        assert b.depth == 0 and rec.depths[-1] == 0  # the metric too, while the dead items are still in the queue
+        abandoned = asyncio.ensure_future(b.submit(item(3), timeout_s=30))
+        await asyncio.sleep(0.01)
+        abandoned.cancel()
+        await asyncio.sleep(0.01)
+        assert b.depth == 0 and rec.depths[-1] == 0
+        live = [asyncio.ensure_future(b.submit(item(4), timeout_s=30)) for _ in range(2)]  # room for both
+        await asyncio.sleep(0.01)
+        assert b.depth == 2
+        gate.set()
+        await asyncio.gather(blocker, *live)
+        assert seen == [[1], [4], [4]]
+    finally:
+        gate.set()
+        await b.stop()
+
+
+async def test_the_rows_of_one_request_are_queued_all_or_none():
+    seen: list = []
+    gate = threading.Event()
+    b = await _started(Batcher("m", [doubling_runner(seen=seen, gate=gate)], max_batch_size=2, max_queue=4))
+    try:
+        with pytest.raises(PayloadTooLarge) as e:  # larger than the queue: retrying cannot help
+            await b.submit_rows([item(i) for i in range(5)])
+        assert e.value.status == 413 and "max_queue" in e.value.message
+        blocker = asyncio.ensure_future(b.submit(item(1)))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(b.submit(item(2)))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull):  # 1 queued + 4 rows > 4: none of them is queued
+            await b.submit_rows([item(10 + i) for i in range(4)])
+        assert b.depth == 1
+        rows = asyncio.ensure_future(b.submit_rows([item(20 + i) for i in range(3)]))
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(blocker, waiting)
+        assert [int(r[1]) for r in await rows] == [80, 84, 88]
+        assert all(v < 10 or v >= 20 for batch in seen for v in batch)
+    finally:
+        gate.set()
+        await b.stop()
+
+
+async def test_a_request_whose_row_failed_runs_none_of_its_other_rows():
+    seen: list = []
+    gate = threading.Event()
+
+    def run(arrays):
+        gate.wait(10)
+        seen.append([int(a.ravel()[0]) for a in arrays])
+        if any(int(a.ravel()[0]) == 666 for a in arrays):
+            raise RuntimeError("bad row")
+        return doubling_runner()(arrays)
+
+    b = await _started(Batcher("m", [run], max_batch_size=1))
+    try:
+        rows = asyncio.ensure_future(b.submit_rows([item(666), item(2), item(3)]))
+        await asyncio.sleep(0.05)
+        gate.set()
+        with pytest.raises(InferenceFailed):
+            await rows
+        assert await b.submit(item(7)) is not None
+        assert seen == [[666], [7]] and b.depth == 0
     finally:
         gate.set()
         await b.stop()
