@@ -4,8 +4,8 @@
   (the probes and /metrics are not counted, so an overloaded server still answers its orchestrator);
 - a body that has not arrived in full within `body_timeout_s` of the request's start: 408. The body
   is read on the event loop, so a client trickling one byte a second holds no decode thread;
-- a client that disconnects once its body is in: the request is cancelled, so an item still queued
-  in the batcher is never run (Batcher.submit drops it) and nothing is encoded for nobody;
+- a client that disconnects, before its body is in or after: the request is cancelled, so an item
+  still queued in the batcher is never run (Batcher.submit drops it) and nothing is encoded for nobody;
 - the drain's grace period ends (Lifecycle.end_grace): every request that has not started its
   response is cancelled and answered 503 `shutting_down`.
 """
@@ -107,6 +107,10 @@ class InflightMiddleware:
                                   "(body_timeout_s)", headers={"Connection": "close"}) from None
             if message["type"] == "http.disconnect":
                 gone = True
+                # gone before its body was in: cut short like a disconnect after it (nothing to answer,
+                # counted 499), not left to surface as the framework's ClientDisconnect, a 500
+                flight.cut = "client"
+                raise asyncio.CancelledError
             elif not message.get("more_body", False):
                 body_done = True
                 watcher = loop.create_task(watch_disconnect(), name="watch-disconnect")

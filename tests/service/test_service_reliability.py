@@ -303,10 +303,11 @@ def _gate_sessions(monkeypatch) -> tuple[threading.Event, list[int]]:
     return gate, ran
 
 
-async def _call(app, path: str, body: bytes, disconnect: asyncio.Event) -> list[dict]:
-    """One request straight through the ASGI app, whose client disconnects when `disconnect` is set."""
+async def _call(app, path: str, body: bytes, disconnect: asyncio.Event, more_body: bool = False) -> list[dict]:
+    """One request straight through the ASGI app, whose client disconnects when `disconnect` is set
+    (with `more_body`, before the rest of its body)."""
     sent: list[dict] = []
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    messages = [{"type": "http.request", "body": body, "more_body": more_body}]
 
     async def receive():
         if messages:
@@ -349,6 +350,17 @@ async def test_disconnected_client_is_never_run(serve, monkeypatch):
     await asyncio.sleep(0.2)
     assert ran == [1], f"batches run: {ran}"  # the three never ran
     assert 'route="/segment",status="499"} 3.0' in (await c.get("/metrics")).text
+
+
+async def test_a_client_gone_during_its_upload_is_499_not_an_error(serve, caplog):
+    c = await serve()
+    gone = asyncio.Event()
+    gone.set()
+    sent = await asyncio.wait_for(_call(c.app, "/segment", to_png(random_rgb(5, 32, 32))[:100], gone, more_body=True), 5)
+    assert sent == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    metrics = (await c.get("/metrics")).text
+    assert 'route="/segment",status="499"} 1.0' in metrics and 'status="500"' not in metrics
 
 
 async def test_grace_over_answers_503_to_what_is_left(serve, monkeypatch):
