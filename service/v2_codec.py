@@ -8,6 +8,7 @@ with `parameters.binary_data: true`), which tritonclient uses by default.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -68,10 +69,14 @@ def parse_request(body: bytes, header_length: str | None, model: str,
     if len(shape) != 4 or shape[0] < 1 or not spec.accepts(shape[1:]):
         size = f"HxW multiples of {spec.size_multiple}" if spec.dynamic_size else f"{spec.height}x{spec.width}"
         raise BadRequest(f"input {want} must have shape [N, H, W, {spec.channels}] with {size}; got {list(shape)}")
-    count = int(np.prod(shape))
+    count = math.prod(shape)  # exact: np.prod wraps around in int64 and lets an absurd N through
     params = tensor.parameters or {}
     if "binary_data_size" in params:
-        size = int(params["binary_data_size"])
+        try:
+            size = int(params["binary_data_size"])
+        except (TypeError, ValueError) as e:
+            raise BadRequest(f"binary input {want}: parameters.binary_data_size must be an integer, "
+                             f"got {params['binary_data_size']!r}") from e
         if size != count or len(binary) < size:
             raise BadRequest(f"binary input {want}: {size} bytes given, {count} needed ({len(binary)} in the body)")
         array = np.frombuffer(binary[:size], dtype=np.uint8).reshape(shape)

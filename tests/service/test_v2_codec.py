@@ -46,6 +46,11 @@ def test_binary_tensor_data():
     (_request((1, 4, 4, 1), [300] * 16), None, "not UINT8 values"),
     (_request((1, 4, 4, 1)), None, "neither data nor binary_data_size"),
     (b"{}", "x", f"invalid {HEADER_LENGTH}"),
+    (_request((1, 4, 4, 1), parameters={"binary_data_size": "abc"}), None, "must be an integer, got 'abc'"),
+    (_request((1, 4, 4, 1), parameters={"binary_data_size": None}), None, "must be an integer, got None"),
+    # a batch size whose element count wraps around in int64 (np.prod) to 0
+    (_request((2 ** 62, 4, 4, 1), []), None, "0 values for shape"),
+    (_request((2 ** 62, 4, 4, 1), parameters={"binary_data_size": 0}), None, "0 bytes given"),
 ])
 def test_bad_requests_are_400_with_a_reason(body, header_length, message):
     with pytest.raises(BadRequest, match=message):
