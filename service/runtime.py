@@ -343,18 +343,18 @@ class ModelRuntime:
         wrong = mismatch(plan, first.providers)
         if wrong:
             raise ModelLoadError(f"{path.name}: {wrong}")
-        overflow = None
+        sessions = [first] + [Session(path, plan, settings, threads, entry.config) for _ in range(count - 1)]
         if device == "tensorrt" and entry.config.input.dynamic_size:
             # Shapes outside the profile (v2 requests of other sizes; native_size beyond the bounds) go
-            # to a CUDA session rather than making TensorRT build an engine inside a request.
+            # to a CUDA session rather than making TensorRT build an engine inside a request: one per
+            # instance, as instances run at once and a session's IO bindings hold one batch at a time.
             extra = overflow_plan(plan, settings)
-            overflow = Session(path, extra, settings, threads, entry.config)
-            wrong = mismatch(extra, overflow.providers)
-            if wrong:
-                raise ModelLoadError(f"{path.name}: the CUDA session for shapes outside the TensorRT profile: {wrong}")
-        sessions = [first] + [Session(path, plan, settings, threads, entry.config) for _ in range(count - 1)]
-        for s in sessions:
-            s.overflow = overflow
+            for s in sessions:
+                s.overflow = Session(path, extra, settings, threads, entry.config)
+                wrong = mismatch(extra, s.overflow.providers)
+                if wrong:
+                    raise ModelLoadError(f"{path.name}: the CUDA session for shapes outside the TensorRT profile: "
+                                         f"{wrong}")
         solo = None
         if not plan.on_gpu and count > 1 and settings.solo_instance:
             solo = Session(path, plan, settings, threads * count, entry.config)
@@ -362,7 +362,7 @@ class ModelRuntime:
         runtime._check_signature()
         log.info("%s: %s on %s (%s), %d instance(s) of %d thread(s)%s%s", entry.name, path.name, runtime.provider,
                  runtime.precision, len(sessions), threads, f" + a solo instance of {solo.threads}" if solo else "",
-                 " + a CUDA session for shapes outside the TensorRT profile" if overflow else "")
+                 " + a CUDA session each for shapes outside the TensorRT profile" if first.overflow else "")
         return runtime
 
     def describe(self) -> dict[str, Any]:

@@ -189,6 +189,10 @@ def test_shapes_outside_the_profile_run_on_the_cuda_session(tiny_repo, tmp_path,
     assert (trt_session.runs, cuda_session.runs) == (1, 0)
     out = rt.sessions[0].run([random_rgb(2, 240, 320)])  # another multiple of 8 (a v2 request): CUDA
     assert (trt_session.runs, cuda_session.runs) == (1, 1) and out[0].shape == (1, 240, 320)
+    # instances run batches at once: each has its own (a session's IO bindings hold one batch at a time)
+    two = runtime.ModelRuntime.load(entry(tiny_repo), settings(tiny_repo, tmp_path, max_batch_size=2, instances=2))
+    a, b = two.sessions
+    assert a.overflow is not None and b.overflow is not None and a.overflow is not b.overflow
     # a fixed-size model has no shapes outside its profile
     cls = runtime.ModelRuntime.load(entry(tiny_repo, "lenet5-fashion"), settings(tiny_repo, tmp_path))
     assert cls.sessions[0].overflow is None
