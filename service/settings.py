@@ -109,7 +109,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(8, ge=1, le=256, description="largest batch the batcher forms")
     tune_batch_size: bool = Field(
         True, description="at warm-up, time batch sizes up to max_batch_size and batch at most up to the smallest "
-        "one within 3 percent of the best images/s (on CPU, large batches of big inputs are often slower per image)")
+        "one within 10 percent of the best images/s (on CPU, large batches of big inputs are often slower per image, "
+        "and a larger batch must be clearly faster to be worth its latency and memory)")
     max_delay_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests after its first")
     max_queue: int = Field(64, ge=1, description="requests waiting per model; past it 503 with Retry-After")
     request_timeout_s: float = Field(30.0, gt=0, description="deadline of a request in the queue; past it 504")
