@@ -26,7 +26,8 @@ class SegmentationAugment:
             img, lbl = image.float(), label.float()
         else:
             img = F.interpolate(image[None].float(), size=(sh, sw), mode="bilinear", align_corners=False)[0]
-            lbl = F.interpolate(label[None, None].float(), size=(sh, sw), mode="nearest")[0, 0]
+            # nearest-exact samples at pixel centres as bilinear does: legacy "nearest" shifts labels half a pixel
+            lbl = F.interpolate(label[None, None].float(), size=(sh, sw), mode="nearest-exact")[0, 0]
         ch, cw = self.crop
         ph, pw = max(0, ch - sh), max(0, cw - sw)
         if ph or pw:

@@ -113,6 +113,20 @@ def test_segmentation_augment_keeps_image_and_label_aligned():
         assert torch.equal(img[0], lbl)
 
 
+@pytest.mark.parametrize("scale", [0.9, 1.5])
+def test_rescaled_labels_stay_on_their_pixels(scale):
+    # Each pixel of both holds its source column: a label must come from the column whose centre the
+    # image's (bilinear, pixel-centre) sample is nearest, not from half a pixel up-left of it.
+    columns = torch.arange(80, dtype=torch.uint8).expand(64, 80)
+    image = (columns * 3).expand(3, -1, -1).contiguous()
+    h, w = round(64 * scale), round(80 * scale)
+    torch.manual_seed(0)
+    for _ in range(4):
+        img, lbl = SegmentationAugment(crop=(h, w), scale=(scale, scale), jitter=0.0)(image, columns.clone())
+        error = (lbl.float() - img[0].float() / 3)[:, 2:-2]  # away from the borders, where bilinear clamps
+        assert error.abs().max() <= 0.5 and abs(error.mean()) < 0.1, (error.mean(), error.abs().max())
+
+
 def test_segmentation_augment_pads_with_void():
     image = torch.zeros(3, 16, 16, dtype=torch.uint8)
     img, lbl = SegmentationAugment(crop=(32, 32), scale=(1.0, 1.0), jitter=0.0, void=11)(image, image[0])
