@@ -30,18 +30,43 @@ def ship_weights(run_dir: Path, weights_out: Path, pick: str = "best", held_out_
     held-out scores are recorded as the estimate of how the shipped model does on unseen streets."""
     last = load_checkpoint(run_dir / "last.pt")
     chosen = last if pick == "last" else load_checkpoint(run_dir / "best.pt")
-    training = {"commands": last.get("commands", []), "recipe": last["recipe"], "epochs": len(last["history"]),
-                "epoch_shipped": chosen["epoch"] + 1, "wall_time_s": round(last["wall_time_s"]),
-                "hardware": last["hardware"]}
-    if last.get("init_from"):
-        # a fine-tuning run: where it started, and how those weights were trained
-        training["initialised_from"] = last["init_from"]
+    training = training_record(last, epoch_shipped=chosen["epoch"] + 1)
     if held_out_runs:
         training["held_out_estimates"] = [held_out_estimate(run) for run in held_out_runs]
     shipped = {"arch": chosen["arch"], "num_classes": chosen["num_classes"], "model": chosen["model"],
                "metrics": chosen["metrics"], "training": training}
     save_atomic(shipped, weights_out)
     return shipped
+
+
+def training_record(last: dict, epoch_shipped: int | None = None) -> dict:
+    """How a run was trained, from its last.pt: commands, recipe, epochs (and the one shipped), wall time,
+    hardware, and for a fine-tuning run the record of the weights it started from."""
+    record = {"commands": last.get("commands", []), "recipe": last["recipe"], "epochs": len(last["history"])}
+    if epoch_shipped is not None:
+        record["epoch_shipped"] = epoch_shipped
+    record.update(wall_time_s=round(last["wall_time_s"]), hardware=last["hardware"])
+    if last.get("init_from"):
+        record["initialised_from"] = last["init_from"]
+    return record
+
+
+def initialisation_record(path: Path, start: dict) -> dict:
+    """What a fine-tuning run records of the weights it starts from (`start`, loaded from `path`): the
+    file, its epoch (counted from 1), its scores and how it was trained. Shipped weights carry that
+    record; a run's last.pt is made into one; a best.pt has none."""
+    if "training" in start:
+        training = start["training"]
+        epoch = training.get("epoch_shipped")
+    else:
+        training = training_record(start) if "history" in start else None
+        epoch = start["epoch"] + 1 if "epoch" in start else None
+    return {"file": str(path), "epoch": epoch, "metrics": start.get("metrics"), "training": training}
+
+
+def held_out_drive_of(record: dict) -> str | None:
+    """The drive the weights of an initialisation record never trained on (None: trained on all, or unknown)."""
+    return ((record.get("training") or {}).get("recipe") or {}).get("hold_out_drive")
 
 
 def held_out_estimate(run_dir: Path) -> dict:
@@ -54,7 +79,9 @@ def held_out_estimate(run_dir: Path) -> dict:
     estimate = {"drive": drive, "run": run_dir.name, "epoch": best["epoch"] + 1, "epochs": len(last["history"]),
                 "recipe": last["recipe"], "held_out": best["metrics"]["held_out"], "val": best["metrics"].get("val")}
     if last.get("init_from"):  # a fine-tuning run: the estimate is of both steps, so name the first
-        estimate["initialised_from"] = {k: last["init_from"].get(k) for k in ("file", "epoch")}
+        start = last["init_from"]
+        estimate["initialised_from"] = {"file": start.get("file"), "epoch": start.get("epoch"),
+                                        "hold_out_drive": held_out_drive_of(start)}
     # The best epoch was picked on the drive itself, so its score flatters; a model trained with a fixed
     # schedule ships its last epoch, and the held-out run's last epoch is the like-for-like estimate.
     final = last["history"][-1]

@@ -179,7 +179,7 @@ def add_kit_arguments(p: argparse.ArgumentParser) -> None:
                          "runs side by side, in a time budget; writes OUT/summary.json, OUT/enet-camvid.pth, OUT/run-*.tar")
     run.add_argument("--pack", type=Path, default=DEFAULT_PACK, help="the CamVid pack (or a CamVid directory)")
     run.add_argument("--out", type=Path, required=True, help="where the results go (on the device machine: $OUT)")
-    run.add_argument("--work", type=Path, help="the runs' directories (default: OUT/work; only the chosen runs are packed into OUT)")
+    run.add_argument("--work", type=Path, help="where the runs' directories go, in a subdirectory named after the visit's start (default: OUT/work; only the chosen runs are packed into OUT)")
     run.add_argument("--budget", type=float, required=True, metavar="SECONDS",
                      help="wall-clock seconds for everything, results written included")
     run.add_argument("--candidate", action="append", choices=sorted(CANDIDATES),

@@ -222,7 +222,8 @@ def run_kit(pack: Path, out: Path, budget_s: float, candidates: tuple[str, ...] 
     # packing the results and stopping the processes; an epoch's worth of slack is kept by stop_at itself
     reserve_s = max(10.0, 0.03 * budget_s) if reserve_s is None else reserve_s
     out.mkdir(parents=True, exist_ok=True)
-    work = work or out / "work"
+    # a directory of this visit's own: a second visit on a warm machine must not find the first one's runs
+    work = (work or out / "work") / time.strftime("%Y%m%dT%H%M%S", time.gmtime(started))
     runs = plan_runs(candidates, drives, epochs or 1, work, crop)
     if workers is None:  # the CPU cores shared out between the runs' augmentation (their main processes mostly wait on the GPU)
         workers = max(1, (os.cpu_count() or 1) // len(runs))

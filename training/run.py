@@ -24,6 +24,11 @@ class TrainingRun:
         self.extra_modules = extra_modules or {}
         self.last_path, self.best_path = run_dir / "last.pt", run_dir / "best.pt"
         self.recipe, self.hardware = recipe, hardware
+        if not resume:
+            earlier = [n for n in ("last.pt", "best.pt", "history.jsonl") if (run_dir / n).exists()]
+            if earlier:  # its best.pt could be shipped, and its history read, as this run's
+                raise FileExistsError(f"{run_dir} holds an earlier run ({', '.join(earlier)}): --resume continues it, "
+                                      "another --run-dir starts a new one")
         self._state = load_checkpoint(self.last_path) if resume else None
         # The weights a fine-tuning run started from, with their own training record (kept on --resume).
         self.init_record = (self._state or {}).get("init_from") or init_record

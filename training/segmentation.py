@@ -23,7 +23,8 @@ from tqdm import tqdm
 from enet_serve.models import get_model, get_spec
 from enet_serve.models.labels import load_labels
 from enet_serve.training.augment import SegmentationAugment
-from enet_serve.training.checkpoint import load_checkpoint, ship_weights
+from enet_serve.training.checkpoint import (held_out_drive_of, initialisation_record, load_checkpoint,
+                                              ship_weights)
 from enet_serve.training.common import Normalize, hardware, pick_device, seed_everything, torch_predictor
 from enet_serve.training.datasets import CAMVID_NUM_CLASSES, CAMVID_VOID, CamVid, enet_class_weights
 from enet_serve.training.encoder_stage import EncoderHead, downsample_labels
@@ -96,10 +97,15 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
 
     head = EncoderHead(model, CAMVID_NUM_CLASSES).to(dev) if recipe.encoder_epochs else None
     start = load_checkpoint(init_from) if init_from is not None else None
-    run = TrainingRun(run_dir, recipe, CAMVID_NUM_CLASSES, resume, command, hardware(dev),
-                      init_record=None if start is None else {"file": str(init_from), "epoch": start.get("epoch"),
-                                                              "metrics": start.get("metrics"),
-                                                              "training": start.get("training")},
+    init_record = initialisation_record(init_from, start) if start is not None else None
+    if init_record is not None and recipe.hold_out_drive and init_record["training"] is not None:
+        # an estimate of both steps is only held out if the first step held the same drive out
+        source_drive = held_out_drive_of(init_record)
+        if source_drive != recipe.hold_out_drive:
+            held = f"held out {source_drive} only" if source_drive else "held out no drive"
+            raise ValueError(f"--init-from {init_from}: those weights trained on drive {recipe.hold_out_drive} ({held}): "
+                             f"a fine-tune holding {recipe.hold_out_drive} out would score frames they trained on")
+    run = TrainingRun(run_dir, recipe, CAMVID_NUM_CLASSES, resume, command, hardware(dev), init_record=init_record,
                       extra_modules={"encoder_head": head} if head is not None else None)
     held_out = (recipe.hold_out_drive,) if recipe.hold_out_drive else ()
     train_set = CamVid(data, recipe.train_split, limit=limit, exclude_drives=held_out)

@@ -100,9 +100,23 @@ def test_enet_held_out_drive_picks_and_records_the_unseen_drive(tmp_path):
                                 hold_out_drive="0006R0", jitter=0.2)
     train_segmentation(DEFAULT_CAMVID, tmp_path / "held-ft", recipe, limit=4, progress=False, device="cpu",
                        init_from=tmp_path / "held" / "last.pt")
-    estimate = ship_weights(tmp_path / "all", tmp_path / "all.pth", pick="last",
-                            held_out_runs=[tmp_path / "held-ft"])["training"]["held_out_estimates"][0]
-    assert estimate["initialised_from"] == {"file": str(tmp_path / "held" / "last.pt"), "epoch": 1}
+    shipped = ship_weights(tmp_path / "all", tmp_path / "all.pth", pick="last", held_out_runs=[tmp_path / "held-ft"])
+    estimate = shipped["training"]["held_out_estimates"][0]
+    assert estimate["initialised_from"] == {"file": str(tmp_path / "held" / "last.pt"), "epoch": 2,
+                                            "hold_out_drive": "0006R0"}
+    # the fine-tune's record keeps its first step's, read from that run's last.pt (commands, recipe, epochs)
+    first = load_checkpoint(tmp_path / "held-ft" / "last.pt")["init_from"]["training"]
+    assert first["recipe"]["hold_out_drive"] == "0006R0" and first["epochs"] == 2 and first["recipe"]["jitter"] == 0.0
+    assert first["commands"] == load_checkpoint(tmp_path / "held" / "last.pt")["commands"]
+
+    # weights that trained on the drive cannot start a fine-tune that holds it out: its estimate would not be
+    for source in (tmp_path / "all" / "last.pt", tmp_path / "all.pth"):
+        with pytest.raises(ValueError, match="trained on drive 0006R0 \\(held out no drive\\)"):
+            train_segmentation(DEFAULT_CAMVID, tmp_path / "leak", recipe, limit=4, progress=False, device="cpu",
+                               init_from=source)
+    # and a run directory that holds a run is continued with resume, never overwritten by a new run
+    with pytest.raises(FileExistsError, match="--resume continues it"):
+        train_segmentation(DEFAULT_CAMVID, tmp_path / "held", recipe, limit=4, progress=False, device="cpu")
 
 
 @needs_fashion
