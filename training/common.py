@@ -48,12 +48,17 @@ def rng_state() -> dict:
     """Every random generator the loops use, so that --resume continues the same sequence."""
     # NumPy's key as a tensor: checkpoints stay loadable with torch.load(weights_only=True), as export reads them.
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"rng": torch.get_rng_state(), "py_rng": random.getstate(),
-            "np_rng": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)}
+    state = {"rng": torch.get_rng_state(), "py_rng": random.getstate(),
+             "np_rng": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)}
+    if torch.cuda.is_initialized():  # dropout on the GPU draws from CUDA's generators
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state and torch.cuda.is_available() and torch.cuda.device_count() == len(state["cuda_rng"]):
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     if "py_rng" in state:
         random.setstate(state["py_rng"])
         name, keys, pos, has_gauss, cached = state["np_rng"]

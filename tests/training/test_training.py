@@ -144,3 +144,28 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "enet-camvid", "--run-dir", str(tmp_path / "run"), "--data", str(tmp_path)]) == 2
     assert "train.txt" in capsys.readouterr().out
+
+
+def test_rng_state_round_trips_every_generator_cuda_included(monkeypatch):
+    """--resume continues the same random sequences: torch's, Python's, NumPy's and, on a GPU (where
+    dropout draws from it), CUDA's (faked here: the CI has no GPU)."""
+    import random
+
+    import numpy as np
+
+    from enet_serve.training.common import restore_rng, rng_state
+
+    cuda_state = [torch.arange(4, dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: cuda_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    state = rng_state()
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.rand(5), random.random(), np.random.rand()  # the sequences move on
+    restore_rng(state)
+    again = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(expected[0], again[0]) and expected[1:] == again[1:]
+    assert restored == [cuda_state]
