@@ -84,9 +84,14 @@ def parse_request(body: bytes, header_length: str | None, model: str,
         if tensor.data is None:
             raise BadRequest(f"input {want} has neither data nor binary_data_size")
         try:
-            array = np.asarray(tensor.data, dtype=np.uint8)
-        except (ValueError, OverflowError, TypeError) as e:
+            raw = np.asarray(tensor.data)
+        except (ValueError, TypeError) as e:  # ragged nesting
             raise BadRequest(f"input {want}: data are not UINT8 values: {e}") from e
+        # integers 0..255 only: a float would be truncated and a string parsed without a word
+        if raw.size and (raw.dtype.kind not in "iu" or raw.min() < 0 or raw.max() > 255):
+            raise BadRequest(f"input {want}: data are not UINT8 values (integers 0..255; got {raw.dtype.name} "
+                             f"{raw.ravel()[0].item()!r}{' ...' if raw.size > 1 else ''})")
+        array = raw.astype(np.uint8)
         if array.size != count:
             raise BadRequest(f"input {want}: {array.size} values for shape {list(shape)} ({count} needed)")
         array = array.reshape(shape)
