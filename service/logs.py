@@ -5,12 +5,25 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import re
 from datetime import datetime, timezone
 
 from enet_serve.service.request_id import RequestIdFilter
 from enet_serve.service.settings import Settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+_KEY_IN_QUERY = re.compile(r"(api_key=)[^&\s\"']+")
+
+
+class RedactKeyFilter(logging.Filter):
+    """Blanks `api_key=...` in log lines: uvicorn logs a WebSocket's URL with its query, where a
+    client may put its key (the stream's `api_key` parameter), and does so even without access logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "api_key=" in message:
+            record.msg, record.args = _KEY_IN_QUERY.sub(r"\1***", message), None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,10 +47,10 @@ def log_config(settings: Settings) -> dict:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": RequestIdFilter}},
+        "filters": {"request_id": {"()": RequestIdFilter}, "redact_key": {"()": RedactKeyFilter}},
         "formatters": {"line": formatter},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "line",
-                                "filters": ["request_id"]}},
+                                "filters": ["request_id", "redact_key"]}},
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {
             "uvicorn": {"level": level, "handlers": [], "propagate": True},

@@ -2,8 +2,9 @@
 gets to; the newest frame wins (service/newest_frame.py).
 
 Query parameters are /segment's (`model`, `format`, `min_confidence`, `classes`, `regions`, `min_area`,
-`alpha`); API keys as on the other routes (`X-API-Key` or `Authorization: Bearer`), or as the query
-parameter `api_key`: a browser's WebSocket cannot send headers. Per answered frame
+`alpha`); API keys as on the other routes (`X-API-Key` or `Authorization: Bearer`), or, as a browser's
+WebSocket cannot send headers, in the subprotocol `enet-serve.key.<base64url of the key>` (the demo page's
+way; the server selects it) or the query parameter `api_key` (kept out of the logs). Per answered frame
 one JSON text message `{"frame", "dropped", "latency_ms", "model", "width", "height", "class_fractions",
 ...}` (for json and rle: the whole body of that format), then, for the binary formats (png, confidence,
 overlay), one binary message with the body. A frame the server cannot answer (a bad image, a full
@@ -17,6 +18,7 @@ Close codes: 4000 + the HTTP status of what went wrong at the start (4401 API ke
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -81,9 +83,11 @@ async def segment_stream(websocket: WebSocket) -> None:
     settings: Settings = app.state.settings
     metrics: Metrics = app.state.metrics
     connections: StreamConnections = app.state.stream_connections
-    await websocket.accept()
+    key_protocol = _key_protocol(websocket)
+    # a browser fails a connection whose server does not select a subprotocol it offered
+    await websocket.accept(subprotocol=key_protocol)
     try:
-        check_api_key(settings, _given_key(websocket))
+        check_api_key(settings, _given_key(websocket, key_protocol))
         model, options = _open(server, settings, dict(websocket.query_params))
         if not connections.enter():
             raise ServiceUnavailable(f"too many stream connections (stream_max_connections={connections.limit}); "
@@ -101,14 +105,28 @@ async def segment_stream(websocket: WebSocket) -> None:
         connections.leave()
 
 
-def _given_key(websocket: WebSocket) -> str | None:
+KEY_PROTOCOL = "enet-serve.key."  # + the key in base64url without padding (a subprotocol is a token)
+
+
+def _key_protocol(websocket: WebSocket) -> str | None:
+    return next((p for p in websocket.scope.get("subprotocols", []) if p.startswith(KEY_PROTOCOL)), None)
+
+
+def _given_key(websocket: WebSocket, key_protocol: str | None) -> str | None:
     key = websocket.headers.get("x-api-key")
     if key:
         return key
     scheme, _, credentials = websocket.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
-    return websocket.query_params.get("api_key") or None  # browsers (the demo page): no headers on a WebSocket
+    # browsers (the demo page) cannot set headers on a WebSocket
+    if key_protocol is not None:
+        encoded = key_protocol[len(KEY_PROTOCOL):]
+        try:
+            return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return None  # not a key: 4401 like any wrong one
+    return websocket.query_params.get("api_key") or None
 
 
 def _open(server: ModelServer, settings: Settings, params: dict[str, str]) -> tuple[LoadedModel, SegmentOptions]:

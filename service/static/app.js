@@ -39,6 +39,13 @@ class ApiError extends Error {
 }
 
 // -- HTTP ------------------------------------------------------------------------------------------
+// The stream's key as a WebSocket subprotocol: "enet-serve.key." + base64url(UTF-8 key), unpadded (a token).
+function keyProtocol(key) {
+  const bytes = new TextEncoder().encode(key);
+  const b64 = btoa(String.fromCharCode(...bytes));
+  return "enet-serve.key." + b64.replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
 function authHeaders() {
   return state.apiKey ? { "X-API-Key": state.apiKey } : {};
 }
@@ -547,10 +554,10 @@ async function startVideo(source) {
     return;
   }
   const query = new URLSearchParams({ model: m.name, format: "png" });
-  // a browser cannot set headers on a WebSocket: the key goes in the query
-  if (state.apiKey) query.set("api_key", state.apiKey);
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(`${scheme}//${location.host}${state.config.stream}?${query}`);
+  // a browser cannot set headers on a WebSocket: the key goes in a subprotocol (never in a URL, which gets logged)
+  const protocols = state.apiKey ? [keyProtocol(state.apiKey)] : [];
+  const ws = new WebSocket(`${scheme}//${location.host}${state.config.stream}?${query}`, protocols);
   ws.binaryType = "blob";
   const v = {
     video, ws, source, model: m, next: 0, answered: 0, dropped: 0, frames: new Map(),

@@ -292,6 +292,38 @@ def test_page_asks_for_the_api_key(browser, tmp_path):
         stop_process(proc)
 
 
+def test_video_streams_with_an_api_key_kept_out_of_urls_and_logs(browser, tmp_path):
+    """A browser's WebSocket cannot send headers: the page offers the key as a subprotocol (a key with
+    characters a token cannot hold, base64url-encoded), the server selects it, and the key appears in
+    no URL and no log line."""
+    key = "s3cret/+=é"
+    proc, base = start_server(tmp_path, "--models", "enet-camvid", "--api-keys", key)
+    try:
+        p = Page(browser, base)
+        page = p.page
+        page.context.grant_permissions(["camera"])
+        urls: list[str] = []
+        page.on("websocket", lambda ws: urls.append(ws.url))
+        page.goto(base)
+        page.wait_for_selector("#keybar:not([hidden])")
+        page.fill("#api-key", key)
+        page.click("#key-save")
+        page.wait_for_selector("#model:not([disabled])")
+        page.click("#tab-video")
+        page.click("#webcam")
+        page.wait_for_function(
+            "() => Number((document.querySelector('#timings').textContent.match(/Frames answered(\\d+)/) || [0, 0])[1]) >= 2",
+            timeout=30_000)
+        page.click("#video-stop")
+        assert page.is_hidden("#error")
+        p.close()
+    finally:
+        stop_process(proc)
+    assert urls and not any("s3cret" in u or "api_key" in u for u in urls), urls
+    logs = "".join(f.read_text() for f in tmp_path.glob("server-*.log"))
+    assert "WebSocket /segment/stream" in logs and "s3cret" not in logs
+
+
 def test_video_tab_says_when_the_stream_route_is_missing(page, server):
     config = httpx.get(f"{server}/ui/config").json()
     page.goto(server)

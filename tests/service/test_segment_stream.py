@@ -3,8 +3,10 @@ frame is answered or reported dropped, the answers equal POST /segment's, close 
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
+import logging
 
 import httpx
 import numpy as np
@@ -12,6 +14,9 @@ import pytest
 from PIL import Image
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+
+from enet_serve.service.api.stream import KEY_PROTOCOL
+from enet_serve.service.logs import RedactKeyFilter, log_config
 
 from enet_serve.service.newest_frame import Frame, NewestFrame
 from enet_serve.service.settings import Settings
@@ -169,14 +174,37 @@ async def test_api_keys(tiny_server):
     assert message["model"] == "enet-camvid" and Image.open(io.BytesIO(body)).size == (160, 120)
 
 
-async def test_api_key_in_the_query_for_browsers(tiny_server):
-    """A browser's WebSocket cannot send headers: the demo page passes the key as ?api_key=."""
+async def test_api_key_in_a_subprotocol_or_the_query_for_browsers(tiny_server):
+    """A browser's WebSocket cannot send headers: the demo page offers the key as a subprotocol, which the
+    server selects (a browser drops a connection that selects none it offered); ?api_key= works too."""
+    def protocol(key: str) -> str:
+        return KEY_PROTOCOL + base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+    for bad in (protocol("wrong"), KEY_PROTOCOL + "%%%"):
+        async with connect(_ws(tiny_server), subprotocols=[bad]) as ws:
+            assert (await _closed_with(ws))[0] == 4401
+    async with connect(_ws(tiny_server, "format=png"), subprotocols=["other", protocol("k1")]) as ws:
+        assert ws.subprotocol == protocol("k1")
+        await ws.send(to_png(random_rgb(1)))
+        message, _ = (await _answers(ws, 0, binary=True))[0]
+    assert message["model"] == "enet-camvid"
     async with connect(_ws(tiny_server, "api_key=wrong")) as ws:
         assert (await _closed_with(ws))[0] == 4401
     async with connect(_ws(tiny_server, "format=png&api_key=k1")) as ws:
         await ws.send(to_png(random_rgb(1)))
         message, _ = (await _answers(ws, 0, binary=True))[0]
     assert message["model"] == "enet-camvid"
+
+
+def test_a_key_in_a_logged_url_is_blanked():
+    """uvicorn logs a WebSocket's URL, query included, even with access logs off: the key never reaches the log."""
+    config = log_config(Settings())
+    assert "redact_key" in config["handlers"]["stderr"]["filters"]
+    assert config["filters"]["redact_key"]["()"] is RedactKeyFilter
+    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, '%s - "WebSocket %s" [accepted]',
+                               ("127.0.0.1:5000", "/segment/stream?api_key=s3cret&format=png"), None)
+    assert RedactKeyFilter().filter(record)
+    assert record.getMessage() == '127.0.0.1:5000 - "WebSocket /segment/stream?api_key=***&format=png" [accepted]'
 
 
 async def test_connection_limit(tiny_server):
