@@ -76,8 +76,9 @@ RUN useradd --system --uid 10001 --no-create-home enet \
 USER 10001
 WORKDIR /tmp
 EXPOSE 8000
-# Ready once every model is loaded and warm; a first TensorRT engine build takes minutes (cached on
+# Ready once every model is loaded and warm, on the port the server reads (ENET_SERVE_PORT: set it, not
+# --port, to move the server); a first TensorRT engine build takes minutes (cached on
 # the volume at /var/cache/enet-serve afterwards), hence the long start period.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=600s --retries=3 \
-  CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=2).status != 200)"]
+  CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('ENET_SERVE_PORT', '8000'); sys.exit(urllib.request.urlopen(f'http://127.0.0.1:{port}/health/ready', timeout=2).status != 200)"]
 ENTRYPOINT ["enet-serve", "serve"]

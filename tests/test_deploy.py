@@ -137,6 +137,40 @@ def by_kind(docs: list[dict], kind: str) -> dict:
     return found[0]
 
 
+def test_healthcheck_asks_the_port_the_server_listens_on():
+    """The image's HEALTHCHECK follows ENET_SERVE_PORT (what `serve` reads), so a server moved off 8000
+    (KServe's 8080) is not marked unhealthy forever."""
+    import http.server
+    import json
+    import os
+    import threading
+
+    cmd = json.loads(next(a for i, a in instructions(DOCKERFILE.read_text()) if i == "HEALTHCHECK").split("CMD", 1)[1])
+    assert cmd[:2] == ["python", "-c"]
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health/ready" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ready)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = str(server.server_address[1])
+        ok = subprocess.run([sys.executable, "-c", cmd[2]], env={**os.environ, "ENET_SERVE_PORT": port}, timeout=30)
+        assert ok.returncode == 0
+        server.server_close()
+        server.shutdown()
+        down = subprocess.run([sys.executable, "-c", cmd[2]], env={**os.environ, "ENET_SERVE_PORT": port},
+                              capture_output=True, timeout=30)
+        assert down.returncode != 0
+    finally:
+        server.server_close()
+
+
 def test_base_kustomization_lists_the_deployment():
     docs = kustomize(BASE)
     # the autoscaler is a separate choice (hpa.yaml or KEDA): never in the base

@@ -107,6 +107,15 @@ def test_kserve_predictor_containers_validate_as_a_pod():
     kubernetes_validate.validate(pod, K8S_VERSIONS[0], strict=True)
 
 
+def test_kserve_container_listens_where_its_port_and_probes_say():
+    (container,) = by_kind("InferenceService")["spec"]["predictor"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    port = int(env["ENET_SERVE_PORT"])  # the setting, which the image's HEALTHCHECK reads too, not --port
+    assert "--port" not in container.get("args", [])
+    assert [p["containerPort"] for p in container["ports"]] == [port]
+    assert container["readinessProbe"]["httpGet"]["port"] == container["livenessProbe"]["httpGet"]["port"] == port
+
+
 # -- the autoscaling pieces fit together -------------------------------------------------------------------
 
 def test_the_autoscaler_owns_the_replica_count():
