@@ -9,7 +9,7 @@
    by OpenCV (its default algorithm and Grana's BBDT, one thread) and SciPy's ndimage (when installed).
    A model without a confidence output gets a synthetic confidence map for the confidence rows.
 2. stream: the service started on a loopback port (as `bench load` does); one client sends a frame and
-   waits for its answer, over the WebSocket and as keep-alive POSTs, alternating blocks of frames so
+   waits for its answer, over the WebSocket and as keep-alive POSTs, alternating frame by frame so
    both see the same machine; median round trip per frame, the stream's over POST's, and the server's
    own `latency_ms` of the stream.
 """
@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=int, default=16, help="distinct frames")
     p.add_argument("--repeats", type=int, default=10, help="answers: passes over the frames per option")
     p.add_argument("--frames", type=int, default=120, help="stream: frames per transport (sent one at a time)")
-    p.add_argument("--block", type=int, default=10, help="stream: frames per block before switching transport")
+    p.add_argument("--warmup", type=int, default=20, help="stream: untimed frames per transport first")
     p.add_argument("--format", default="png", choices=["png", "json", "rle"], help="stream: the answer format")
     p.add_argument("--allow-untrained", action="store_true", help="start the service with --allow-untrained")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
@@ -172,32 +172,28 @@ async def measure_stream(url: str, bodies: list[bytes], args) -> dict:
     times: dict[str, list[float]] = {"stream": [], "post": []}
     server_ms: list[float] = []
     async with connect(ws_url, max_size=None) as ws:
-        for i in range(2 * args.block):  # warm both paths (threads, connections)
+        for i in range(args.warmup):  # warm both paths (threads, connections)
             await ws.send(bodies[i % len(bodies)])
             await ws.recv()
             if binary:
                 await ws.recv()
             await post.send(requests[i % len(requests)])
-        sent = 0
-        while sent < args.frames:
-            for _ in range(args.block):
-                data = bodies[sent % len(bodies)]
-                t0 = time.perf_counter()
-                await ws.send(data)
-                message = json.loads(await ws.recv())
-                if binary:
-                    await ws.recv()
-                times["stream"].append(time.perf_counter() - t0)
-                server_ms.append(message["latency_ms"])
-                assert not message["dropped"] and "error" not in message, message
-                t0 = time.perf_counter()
-                status, _ = await post.send(requests[sent % len(requests)])
-                times["post"].append(time.perf_counter() - t0)
-                assert status == 200, status
-                sent += 1
+        for sent in range(args.frames):  # one frame each way in turn: both see the machine as it is then
+            t0 = time.perf_counter()
+            await ws.send(bodies[sent % len(bodies)])
+            message = json.loads(await ws.recv())
+            if binary:
+                await ws.recv()
+            times["stream"].append(time.perf_counter() - t0)
+            server_ms.append(message["latency_ms"])
+            assert not message["dropped"] and "error" not in message, message
+            t0 = time.perf_counter()
+            status, _ = await post.send(requests[sent % len(requests)])
+            times["post"].append(time.perf_counter() - t0)
+            assert status == 200, status
     await post.close()
     stream, posted = statistics.median(times["stream"]) * 1000, statistics.median(times["post"]) * 1000
-    return {"frames": args.frames, "format": args.format, "stream_ms": stream, "post_ms": posted,
+    return {"frames": len(times["stream"]), "format": args.format, "stream_ms": stream, "post_ms": posted,
             "ratio": stream / posted, "stream_server_latency_ms": statistics.median(server_ms)}
 
 
