@@ -122,7 +122,8 @@ class InputSpec(_Strict):
     height: int = Field(gt=0, description="the native input height")
     width: int = Field(gt=0, description="the native input width")
     dynamic_size: bool = Field(False, description="H and W of the graph are dynamic (segmentation)")
-    size_multiple: int = Field(1, ge=1, description="H and W must be multiples of this when dynamic")
+    size_multiple: int = Field(1, ge=1, description="when dynamic: the graph pads H and W to multiples of this "
+                               "(v2 inputs must be multiples)")
 
     def accepts(self, shape: tuple[int, ...]) -> bool:
         """Whether an HxWxC input of `shape` can go to the graph as it is."""
