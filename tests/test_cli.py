@@ -32,6 +32,20 @@ def test_unknown_command_exits_with_usage():
     assert e.value.code == 2
 
 
+def test_train_says_what_its_arguments_got_wrong(capsys, tmp_path):
+    """A mistake in the arguments is one line naming it and exit code 2, not a traceback; nothing is written."""
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "history.jsonl").write_text("")
+    cases = [(["--run-dir", str(tmp_path / "used")], "holds an earlier run (history.jsonl): --resume continues it"),
+             (["--run-dir", str(tmp_path / "new"), "--resume"], "nothing to resume"),
+             (["--run-dir", str(tmp_path / "new"), "--epochs", "3", "--encoder-epochs", "3"], "encoder_epochs must be")]
+    for args, message in cases:
+        assert main(["train", "enet-camvid", "--threads", "1", *args]) == 2
+        out = capsys.readouterr().out
+        assert out.startswith("enet-serve train: ") and message in out, out
+    assert not (tmp_path / "new").exists() and (tmp_path / "used" / "history.jsonl").read_text() == ""
+
+
 def test_bench_runtime_measures_a_shipped_graph(capsys):
     from enet_serve.paths import DEFAULT_REPOSITORY
 

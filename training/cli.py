@@ -55,7 +55,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         return _train(args)
-    except (FileNotFoundError, DatasetError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, DatasetError) as e:  # what the arguments got wrong
         print(f"enet-serve train: {e}")
         return 2
 
