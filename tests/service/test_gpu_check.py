@@ -63,3 +63,23 @@ def test_markdown_names_the_gpu_and_a_failed_plan():
     assert "| TensorRT FP16 | failed | EPFail: libnvinfer" in md
     assert "| CUDA FP16 | 1.5 s | CUDAExecutionProvider, CPUExecutionProvider | 0 | 99.950 % (>= 99.0 %) |" in md
     assert "| CUDA FP16 | 1.25 |" in md
+
+
+def test_tensorrt_without_its_libraries_is_skipped_not_failed():
+    """On a machine without TensorRT's libraries (the lent GPU machine) its plan fails by design and the
+    service falls back to CUDA: the check is still ok; with the libraries there, the same failure counts."""
+    trt = {"plan": "TensorRT FP16", "device": "tensorrt", "ok": False, "error": "EPFail: libnvinfer.so.10: cannot open"}
+    cuda = {"plan": "CUDA FP16", "device": "cuda", "ok": True, "mask_ok": True}
+    bad_cuda = {**cuda, "mask_ok": False}
+    assert gpu.plan_ok(dict(trt), {"tensorrt_libraries": {}}) and gpu.plan_ok(cuda, {"tensorrt_libraries": {}})
+    assert not gpu.plan_ok(dict(trt), {"tensorrt_libraries": {"tensorrt-cu13-libs": "10.13"}})
+    assert not gpu.plan_ok(bad_cuda, {"tensorrt_libraries": {}})
+    row = dict(trt)
+    gpu.plan_ok(row, {"tensorrt_libraries": {}})
+    env = {"gpu": None, "onnxruntime": "1.31.1", "onnxruntime_distributions": {}, "available_providers": [],
+           "cuda_libraries": {}, "tensorrt_libraries": {}, "provider_links": {}}
+    md = gpu.markdown({"environment": env, "mode": "cpu", "cpu_mode_reason": "-", "model": "m", "frames": 1,
+                       "input": [8, 8], "elapsed_s": 1,
+                       "reference": {"plan": "CPU FP32", "ok": True, "create_s": 0.1, "providers": ["CPU"]},
+                       "plans": [row]})
+    assert "| TensorRT FP16 | skipped (no TensorRT libraries installed) | EPFail" in md
