@@ -164,9 +164,10 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.3f}", miou=f"{run.best_score:.1f}")
-        entry = {"epoch": epoch, "loss": sum(losses) / len(losses), "lr": lr_at(epoch),
+            losses.append(loss.detach())  # reading a loss is a GPU sync: once an epoch, not per batch
+            if progress:
+                bar.set_postfix(loss=f"{loss.item():.3f}", miou=f"{run.best_score:.1f}")
+        entry = {"epoch": epoch, "loss": torch.stack(losses).double().mean().item(), "lr": lr_at(epoch),
                  "crop": list(crop), "seconds": round(time.time() - t0, 2)}
         if encoder_stage:
             entry["stage"] = "encoder"
