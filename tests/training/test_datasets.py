@@ -124,7 +124,9 @@ def test_rescaled_labels_stay_on_their_pixels(scale):
     for _ in range(4):
         img, lbl = SegmentationAugment(crop=(h, w), scale=(scale, scale), jitter=0.0)(image, columns.clone())
         error = (lbl.float() - img[0].float() / 3)[:, 2:-2]  # away from the borders, where bilinear clamps
-        assert error.abs().max() <= 0.5 and abs(error.mean()) < 0.1, (error.mean(), error.abs().max())
+        # the mean says where labels sit (legacy nearest: -0.33 and -0.55 px); the bound on the largest
+        # error allows the image's rounding to whole values (a third of a column here)
+        assert abs(error.mean()) < 0.1 and error.abs().max() <= 0.5 + 1 / 3 + 1e-4, (error.mean(), error.abs().max())
 
 
 def test_segmentation_augment_pads_with_void():
