@@ -89,8 +89,10 @@ def parse_request(body: bytes, header_length: str | None, model: str,
             raise BadRequest(f"input {want}: data are not UINT8 values: {e}") from e
         # integers 0..255 only: a float would be truncated and a string parsed without a word
         if raw.size and (raw.dtype.kind not in "iu" or raw.min() < 0 or raw.max() > 255):
+            first = raw.ravel()[0]  # a NumPy scalar, or the Python object itself (None, a huge int)
+            first = first.item() if isinstance(first, np.generic) else first
             raise BadRequest(f"input {want}: data are not UINT8 values (integers 0..255; got {raw.dtype.name} "
-                             f"{raw.ravel()[0].item()!r}{' ...' if raw.size > 1 else ''})")
+                             f"{first!r}{' ...' if raw.size > 1 else ''})")
         array = raw.astype(np.uint8)
         if array.size != count:
             raise BadRequest(f"input {want}: {array.size} values for shape {list(shape)} ({count} needed)")

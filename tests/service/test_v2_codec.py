@@ -47,6 +47,8 @@ def test_binary_tensor_data():
     (_request((1, 4, 4, 1), [-1] * 16), None, "not UINT8 values"),
     (_request((1, 4, 4, 1), [3.7] * 16), None, "not UINT8 values .* float64 3.7"),
     (_request((1, 4, 4, 1), ["7"] * 16), None, "not UINT8 values .* str"),
+    (_request((1, 4, 4, 1), [10 ** 30] * 16), None, "not UINT8 values .* object 1000000000000000000000000000000"),
+    (_request((1, 4, 4, 1), [None] * 16), None, "not UINT8 values .* object None"),
     (_request((1, 4, 4, 1), [[0] * 4] * 3 + [[0] * 3]), None, "not UINT8 values"),
     (_request((1, 4, 4, 1)), None, "neither data nor binary_data_size"),
     (b"{}", "x", f"invalid {HEADER_LENGTH}"),
