@@ -3,8 +3,8 @@
 Decoding: JPEG goes through simplejpeg (libjpeg-turbo, releases the GIL; faster than
 Pillow here, BENCHMARKS.md "Codecs"); it can also scale down by DCT when the model's input is
 smaller than the image. Everything else (PNG, WebP, GIF, BMP, TIFF, CMYK JPEG) goes through Pillow.
-EXIF orientation is applied; grayscale, RGBA/LA/P (composited on white), CMYK and 16-bit inputs
-become RGB, or 1-channel gray for 1-channel models. Sizes are checked from the header before any
+EXIF orientation is applied; grayscale, RGBA/LA/P (composited on white), CMYK, 16-bit and float
+(0..1) inputs become RGB, or 1-channel gray for 1-channel models. Sizes are checked from the header before any
 pixel is decoded (decompression bombs get 413).
 
 Masks are written as palette PNGs by a small writer over zlib (which also releases the GIL):
@@ -173,7 +173,12 @@ def _decode_pillow(data: bytes, channels: int, max_pixels: int, fmt: str | None)
 def _to_array(img: Image.Image, channels: int) -> np.ndarray:
     """HxWx`channels` uint8 from any Pillow mode."""
     mode = img.mode
-    if mode.startswith("I") or mode == "F":  # 16-bit or 32-bit gray
+    if mode == "F":  # 32-bit float gray: 0..1 when every value lies there (as float TIFFs are written), else 0..255
+        a = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        if a.size and a.min() >= 0.0 and a.max() <= 1.0:
+            a = a * 255.0
+        return _gray_to(np.clip(np.rint(a), 0, 255).astype(np.uint8), channels)
+    if mode.startswith("I"):  # 16-bit or 32-bit integer gray
         a = np.asarray(img)
         if mode.startswith("I;16") or (mode == "I" and a.max(initial=0) > 255):
             gray = (np.clip(a, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)

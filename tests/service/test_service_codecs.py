@@ -99,6 +99,17 @@ def test_16_bit_png_scales_to_8_bit():
     assert d3.array.shape == (8, 8, 3)
 
 
+def test_float_tiff_in_0_1_scales_to_8_bit():
+    ramp = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8)
+    d = codecs.decode_image(_pil_bytes(Image.fromarray(ramp, mode="F"), "TIFF"), channels=1)
+    assert d.format == "tiff"
+    assert d.array[..., 0].tolist() == np.rint(ramp * 255).astype(np.uint8).tolist()
+    # a float image past 1 is read as 0..255; NaN is black, not whatever the cast makes of it
+    wide = np.array([[0.0, 2.0, 254.6, 300.0], [np.nan, np.inf, -5.0, 128.0]], np.float32)
+    d = codecs.decode_image(_pil_bytes(Image.fromarray(wide, mode="F"), "TIFF"), channels=3)
+    assert d.array[..., 0].tolist() == [[0, 2, 255, 255], [0, 255, 0, 128]]
+
+
 @pytest.mark.parametrize("data", [b"not an image", b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, b"\xff\xd8\xff\xe0garbage"])
 def test_undecodable(data):
     with pytest.raises(BadImage):
