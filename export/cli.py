@@ -1,5 +1,5 @@
 """`enet-serve export ARCH [--name NAME] (--weights FILE | --random-init) [--num-classes K]
-[--set KEY=VALUE ...] [--precision fp32,fp16,int8] [--repository DIR]`."""
+[--set KEY=VALUE ...] [--precision fp32,fp16,int8] [--int8-ungated] [--repository DIR]`."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32,fp16", help="comma-separated: fp32, fp16, int8 (default: fp32,fp16; "
                    "with fp32, models with CPU-only rewrites also get fp32_gpu, the FP32 graph for GPUs; int8 is "
                    "quantized from fp32 for CPUs, calibrated on training frames and gated on accuracy)")
+    p.add_argument("--int8-ungated", action="store_true",
+                   help="int8 of trained weights where this machine lacks their data set: calibrated on random "
+                   "images, accuracy not gated (without it such an export stops)")
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
                    help=f"model repository directory (default: {DEFAULT_REPOSITORY})")
     p.add_argument("--no-check", action="store_true", help="skip the checks against PyTorch (not for shipping)")
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = ExportOptions(weights=args.weights, random_init=args.random_init, num_classes=args.num_classes,
                                 precisions=args.precision, check=not args.no_check,
-                                builder_args=parse_builder_args(args.builder_args))
+                                builder_args=parse_builder_args(args.builder_args), int8_ungated=args.int8_ungated)
         result = export(args.arch, args.repository, args.name, options)
     except ExportError as e:
         print(f"enet-serve export: error: {e}", file=sys.stderr)

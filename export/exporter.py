@@ -23,6 +23,8 @@ from enet_serve.export.repository import (DEFAULT_REPOSITORY, FILE_NAMES, VERSIO
 from enet_serve.export.weights import Weights, load_into, read_weights
 from enet_serve.model_config import TASKS
 from enet_serve.models.registry import ModelSpec, get_model, get_spec
+from enet_serve.models.weight_init import calibrate_batch_norms_
+from enet_serve.training.common import Normalize
 
 PRECISIONS = ("fp32", "fp16", "int8")  # int8: quantized from the fp32 graph (export.quantize)
 DEFAULT_PRECISIONS = ("fp32", "fp16")  # int8 on request: it needs calibration data and a gate
@@ -39,6 +41,7 @@ class ExportOptions:
     check: bool = True  # the checks against PyTorch (the file's own checks always run)
     fp16_method: str = "torch"  # "torch": trace the model in half; "convert": onnxconverter-common
     builder_args: dict | None = None  # arguments of the architecture's builder, recorded in config.json
+    int8_ungated: bool = False  # INT8 of trained weights without the data set to calibrate and gate it on
 
 
 @dataclasses.dataclass
@@ -90,7 +93,18 @@ def build_model(arch: str, spec: ModelSpec, weights: Weights | None, num_classes
         raise ExportError(f"{arch}: its builder does not take {sorted(builder_args or {})}: {e}") from None
     if weights is not None:
         load_into(model, weights, arch)
+    else:
+        calibrate_batch_norms_(model, _random_batches(spec))
     return model.eval(), k
+
+
+def _random_batches(spec: ModelSpec, batches: int = 2, size: int = 8):
+    """Normalised random images at the native size (the same every export) for random weights' batch norms."""
+    g = torch.Generator().manual_seed(RANDOM_INIT_SEED)
+    h, w = spec.input_size
+    for _ in range(batches):
+        images = torch.randint(0, 256, (size, h, w, spec.input_channels), dtype=torch.uint8, generator=g)
+        yield Normalize(spec)(images.permute(0, 3, 1, 2))
 
 
 def count_gflops(model: nn.Module, spec: ModelSpec) -> float:
@@ -152,9 +166,16 @@ def _export(arch: str, repository: Path | None, name: str | None, options: Expor
         raise ExportError(f"num_classes must be positive, not {options.num_classes}")
 
     loaded = read_weights(Path(options.weights)) if options.weights is not None else None
+    if "int8" in precisions and loaded is not None and not options.int8_ungated:
+        from enet_serve.export import quantize
+
+        if not quantize.gateable(spec):
+            quantize.refuse_ungated(spec, arch)
     model, k = build_model(arch, spec, loaded, options.num_classes, options.builder_args)
     parameters = sum(p.numel() for p in model.parameters())
-    gflops = spec.gflops if spec.gflops > 0 and k == spec.num_classes else count_gflops(model, spec)
+    # The registry's figure is the default network's: counted again where --set or K changed it.
+    gflops = (spec.gflops if spec.gflops > 0 and k == spec.num_classes and not options.builder_args
+              else count_gflops(model, spec))
     notes: list[str] = []
 
     h, w = spec.input_size

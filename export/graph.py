@@ -159,7 +159,7 @@ class SegmentationGraph(nn.Module):
         self.multiple = max(1, int(spec.size_multiple))
         self.compute_dtype = compute_dtype
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scores(self, image: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.pre(image)
         h, w = x.shape[2], x.shape[3]
         if self.multiple > 1:
@@ -168,7 +168,14 @@ class SegmentationGraph(nn.Module):
             pad_w = (self.multiple - w % self.multiple) % self.multiple
             x = F.pad(x, [0, pad_w, 0, pad_h])
         x = x.to(self.compute_dtype)
-        scores = self.model.graph_scores(x) if hasattr(self.model, "graph_scores") else self.model(x)
+        return (self.model.graph_scores(x) if hasattr(self.model, "graph_scores") else self.model(x)), h, w
+
+    def scores(self, image: torch.Tensor) -> torch.Tensor:
+        """The class scores the graph's ArgMax reads, in the compute dtype (layout: `graph_logits`)."""
+        return self._scores(image)[0]
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, h, w = self._scores(image)
         # The class index as float (exact up to 2**24) beside the confidence, both whole numbers:
         # interleaved and cropped together, in float; each uint8 output is made by the very last
         # node, a Cast (TensorRT's UINT8 rule, export.structure).
@@ -196,9 +203,12 @@ class ClassificationGraph(nn.Module):
         self.model = model
         self.compute_dtype = compute_dtype
 
+    def scores(self, image: torch.Tensor) -> torch.Tensor:
+        """The logits the graph's Softmax reads, in the compute dtype."""
+        return self.model(self.pre(image).to(self.compute_dtype))
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        logits = self.model(self.pre(image).to(self.compute_dtype))
-        return torch.softmax(logits.float(), dim=1)
+        return torch.softmax(self.scores(image).float(), dim=1)
 
     def graph_logits(self, logits: torch.Tensor) -> torch.Tensor:
         return logits

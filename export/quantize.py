@@ -18,7 +18,8 @@ graph's inside), so it follows the FP32 graph when that changes.
 - The gate: ENet-style segmentation: val mIoU within `MIOU_DROP` points of the FP32 graph's and the
   masks equal on >= `MASK_AGREEMENT` of the pixels; classifiers: top-1 equal to FP32's on >=
   `TOP1_AGREEMENT` of the test images. Random-init weights have no accuracy to keep: their INT8 graph
-  is only checked to load and answer in the contract's shapes.
+  is only checked to load and answer in the contract's shapes. Trained weights whose data set this
+  machine lacks are refused (`gateable`) unless `--int8-ungated` asks for such an unchecked graph.
 """
 from __future__ import annotations
 
@@ -90,6 +91,15 @@ def _fashion_mnist(spec: ModelSpec, split: str, count: int) -> np.ndarray | None
             images = torch.from_numpy(checks_mod.read_idx(path)[:count].copy()).unsqueeze(-1)
             return _resize_uint8(images, spec.input_size).numpy()
     return None
+
+
+def _mark_int8(path: Path) -> None:
+    """The quantizer copies the FP32 graph's metadata: the file says what it is."""
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == "precision":
+            prop.value = "int8"
+    onnx.save(model, str(path))
 
 
 class _Frames:
@@ -204,10 +214,9 @@ def gate(fp32_path: Path, int8_path: Path, spec: ModelSpec, trained: bool) -> li
                                f"{str(e).splitlines()[0][:300]}") from None
     results = [_contract(int8, fp32)]
     if results[-1].passed:
-        if trained and spec.task == "segment" and spec.labels == "camvid" and _camvid(spec, "val", 1) is not None:
+        if trained and gateable(spec) and spec.task == "segment":
             results += _segment_gate(fp32, int8, spec)
-        elif trained and spec.task == "classify" and spec.labels == "fashion_mnist" and \
-                _fashion_mnist(spec, "test", 1) is not None:
+        elif trained and gateable(spec):
             results.append(_classify_gate(fp32, int8, spec))
         else:
             results.append(_untrained_answer(fp32, int8, spec, trained))
@@ -215,6 +224,25 @@ def gate(fp32_path: Path, int8_path: Path, spec: ModelSpec, trained: bool) -> li
         if not r.passed:
             raise ExportCheckError(f"check failed: {r.name}: {r.detail}")
     return results
+
+
+def gateable(spec: ModelSpec) -> bool:
+    """Whether this machine has the data set to calibrate `spec`'s trained INT8 graph on and gate it with."""
+    if spec.task == "segment" and spec.labels == "camvid" and spec.input_channels == 3:
+        return _camvid(spec, "val", 1) is not None and (checks_mod.CAMVID_DIR / "train.txt").is_file()
+    if spec.task == "classify" and spec.labels == "fashion_mnist" and spec.input_channels == 1:
+        return _fashion_mnist(spec, "test", 1) is not None and _fashion_mnist(spec, "train", 1) is not None
+    return False
+
+
+def refuse_ungated(spec: ModelSpec, arch: str) -> None:
+    """Raise ExportError: trained weights whose INT8 graph this machine can neither calibrate nor gate."""
+    where = {"camvid": f"CamVid in {checks_mod.CAMVID_DIR}",
+             "fashion_mnist": f"Fashion-MNIST in {checks_mod.FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)"}
+    need = where.get(spec.labels, f"a {spec.labels} data set, which the INT8 gate does not know")
+    raise ExportError(f"int8 of trained {arch}: calibrating and gating its accuracy needs {need}, not found; "
+                      "export without int8, or add --int8-ungated for an INT8 graph calibrated on random images "
+                      "whose accuracy nothing checks")
 
 
 def _contract(int8: ort.InferenceSession, fp32: ort.InferenceSession) -> CheckResult:
@@ -278,7 +306,7 @@ def _untrained_answer(fp32: ort.InferenceSession, int8: ort.InferenceSession, sp
     images, _ = calibration_images(spec, trained=False)
     a, b = _outputs(fp32, images[:2]), _outputs(int8, images[:2])
     ok = a.shape == b.shape and a.dtype == b.dtype and (b.dtype != np.float32 or bool(np.isfinite(b).all()))
-    why = "random weights" if not trained else "no data set to score on"
+    why = "random weights" if not trained else "--int8-ungated: no data set to score on"
     return CheckResult("INT8 answers", ok, f"output {b.shape} {b.dtype} as FP32's; accuracy not gated ({why})")
 
 
@@ -286,6 +314,7 @@ def export_int8(fp32_path: Path, int8_path: Path, spec: ModelSpec, trained: bool
     """Quantize the exported FP32 graph into `int8_path` and gate it; the check results."""
     images, source = calibration_images(spec, trained)
     quantize(fp32_path, int8_path, images, spec.task)
+    _mark_int8(int8_path)
     calibration = CheckResult("INT8 calibration", True, f"{source}; QOperator, per-channel, u8 activations, s8 weights; "
                               "float from the last layer on")
     return [calibration, *(gate(fp32_path, int8_path, spec, trained) if check else [])]

@@ -387,3 +387,90 @@ def test_build_graph_module_keeps_the_callers_model():
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The checks' own reach
+# ---------------------------------------------------------------------------------------------------------
+
+def test_logit_tolerance_follows_the_logits_own_scale():
+    """Logits of 1e-6 (as random MobileNets' were): a graph answering other samples' logits must fail,
+    not pass under a tolerance floored at 1."""
+    from enet_serve.export.checks import GraphRun, Reference, check_fp32_classes, check_logits
+
+    logits = 1e-6 * torch.randn(16, 10, generator=torch.Generator().manual_seed(0))
+    ref = Reference(torch.zeros(16, 1, 1, 1, dtype=torch.uint8), logits, "test")
+    wrong = logits.roll(1, dims=0)
+    bad = GraphRun("fp32", None, [torch.softmax(wrong, 1).numpy()], wrong.numpy(), logits.numpy(), "classify")
+    good = GraphRun("fp32", None, [torch.softmax(logits, 1).numpy()], logits.numpy(), logits.numpy(), "classify")
+    assert not check_logits(bad, ref).passed and not check_fp32_classes(bad, ref).passed
+    assert check_logits(good, ref).passed and check_fp32_classes(good, ref).passed
+
+
+def test_random_weights_get_batch_norm_statistics_of_their_inputs():
+    """Random MobileNet v2 with the initial statistics answered logits near 1e-9, noise no check can hold to
+    anything; the export calibrates its batch norms on fixed random images (the same every time)."""
+    from enet_serve.export.exporter import build_model
+
+    spec = models.get_spec("mobilenet_v2")
+    a, _ = build_model("mobilenet_v2", spec, None, None)
+    b, _ = build_model("mobilenet_v2", spec, None, None)
+    assert not a.training
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    images = torch.randint(0, 256, (4, 224, 224, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = a(normalise(images, spec))
+    assert logits.abs().max() > 1e-2
+
+
+def test_fp16_probabilities_are_held_to_fp32s(tmp_path, monkeypatch):
+    """An FP16 graph whose probabilities drift from FP32's (the same classes, the same logits) fails."""
+    import enet_serve.export.graph as graph
+
+    original = graph.ClassificationGraph.forward
+
+    def drifting(self, image):
+        p = original(self, image)
+        return (p + p.mean(1, keepdim=True)) / 2 if self.compute_dtype == torch.float16 else p
+
+    monkeypatch.setattr(graph.ClassificationGraph, "forward", drifting)
+    weights = Path(__file__).resolve().parents[2] / "models" / "weights" / "lenet5-fashion.pth"
+    with pytest.raises(ExportCheckError, match="FP16 probabilities vs FP32"):
+        export("lenet5", tmp_path, "lenet5-fashion", weights=weights)
+
+
+def test_fp16_overflow_is_caught_in_pytorch_float16():
+    """A graph whose activations pass float16's range: onnxruntime's CPU provider computes it in float32
+    and answers fine; PyTorch's float16 kernels overflow, as a GPU would."""
+    from enet_serve.export.checks import Graph, Reference, check_fp16_in_pytorch, torch_logits
+
+    spec = models.get_spec("lenet5")
+    model = models.get_model("lenet5").eval()
+    images = torch.randint(0, 256, (8, 32, 32, 1), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    ref = Reference(images, torch_logits(model, images, spec), "test")
+    fine = build_graph_module(model, spec, "fp16")
+    assert all(r.passed for r in check_fp16_in_pytorch(Graph("fp16", Path("unused"), fine), ref))
+
+    class Overflowing(torch.nn.Module):  # the same function in exact arithmetic
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x * 1e5) / 1e5
+
+    hot = build_graph_module(model, spec, "fp16")
+    hot.model = Overflowing(hot.model)
+    results = check_fp16_in_pytorch(Graph("fp16", Path("unused"), hot), ref)
+    assert not results[0].passed and "overflow float16" in results[0].detail
+
+
+def test_gflops_are_counted_again_for_builder_arguments(tmp_path):
+    from enet_serve.export.exporter import count_gflops
+
+    spec = models.get_spec("mobilenet_v2")
+    result = export("mobilenet_v2", tmp_path, "narrow", random_init=True, precisions=("fp32",), check=False,
+                    builder_args={"width_mult": 0.5})
+    narrow = models.get_model("mobilenet_v2", width_mult=0.5).eval()
+    assert result.config["gflops"] == pytest.approx(count_gflops(narrow, spec), rel=1e-3)
+    assert result.config["gflops"] < spec.gflops / 2

@@ -75,6 +75,30 @@ def test_untrained_int8_is_checked_for_answers_only(tmp_path):
     result = export("lenet5", tmp_path, random_init=True, precisions=("fp32", "int8"))
     answers = next(r for r in result.checks if r.name == "INT8 answers")
     assert answers.passed and "not gated (random weights)" in answers.detail
+    # the quantizer copies the FP32 graph's metadata; the file says what it is
+    meta = {p.key: p.value for p in onnx.load(str(result.path / "1" / "model.int8.onnx")).metadata_props}
+    assert meta["precision"] == "int8"
+
+
+def test_trained_int8_without_its_data_set_is_refused_unless_ungated(tmp_path, monkeypatch):
+    """Without Fashion-MNIST nothing calibrates or gates trained LeNet's INT8 graph: the export stops
+    before writing anything, naming the data set and the way out; --int8-ungated writes it, said so."""
+    from enet_serve.cli import main
+    from enet_serve.export import checks
+
+    monkeypatch.setattr(checks, "FASHION_MNIST_DIR", tmp_path / "no-fashion-mnist")
+    repo = tmp_path / "repo"
+    with pytest.raises(ExportError, match="Fashion-MNIST.*--int8-ungated"):
+        export("lenet5", repo, "lenet5-fashion", weights=LENET_WEIGHTS, precisions=("fp32", "int8"))
+    assert not repo.exists() or not any(repo.iterdir())
+    assert main(["export", "lenet5", "--name", "lenet5-fashion", "--weights", str(LENET_WEIGHTS),
+                 "--precision", "fp32,int8", "--int8-ungated", "--no-check", "--repository", str(repo)]) == 0
+    result = export("lenet5", repo, "lenet5-fashion", weights=LENET_WEIGHTS, precisions=("fp32", "int8"),
+                    int8_ungated=True)
+    answers = next(r for r in result.checks if r.name == "INT8 answers")
+    assert answers.passed and "--int8-ungated" in answers.detail
+    calibration = next(r for r in result.checks if r.name == "INT8 calibration")
+    assert "no dataset found" in calibration.detail
 
 
 def test_segment_gate_scores_miou_and_mask_agreement(tmp_path, monkeypatch):
