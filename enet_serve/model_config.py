@@ -187,7 +187,8 @@ class ModelConfig(_Strict):
     input: InputSpec = Field(description="the graph's one input, uint8[N, H, W, C]")
     outputs: list[OutputSpec] = Field(
         min_length=1, description="the graph's outputs, in order: the task's first output, then optional ones")
-    normalization: Normalization | None = Field(None, description="done inside the graph; recorded for people")
+    normalization: Normalization | None = Field(None, description="done inside the graph; the service pads "
+                                                "native-size images with the mean colour, as the graph pads")
     labels: list[str] = Field(min_length=1, description="class names by index")
     colors: list[list[int]] | None = Field(None, description="segmentation: an [r, g, b] per label")
     void: VoidSpec | None = Field(None, description="segmentation: the unlabelled class, when the label set has one")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import io
 import struct
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ def decode_image(data: bytes, *, channels: int = 3, max_pixels: int = 40_000_000
     """
     if not data:
         raise BadImage("the request body is empty; send the image bytes")
+    _let_pillow_open(max_pixels)  # Pillow also reads a JPEG's EXIF orientation
     fmt = sniff(data)
     if fmt == "jpeg" and simplejpeg is not None:
         decoded = _decode_simplejpeg(data, channels, max_pixels, min_size)
@@ -148,6 +150,24 @@ def _decode_simplejpeg(data: bytes, channels: int, max_pixels: int, min_size) ->
     if orientation != 1:
         a = _orient(a, orientation)
     return Decoded(a, width, height, "jpeg")
+
+
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+def _let_pillow_open(max_pixels: int) -> None:
+    """Pillow refuses an image over 2 * Image.MAX_IMAGE_PIXELS (~179 MP) inside Image.open, before
+    _check_pixels sees its size: where that is below max_pixels (ours, which every image decoded here
+    meets), raise Pillow's limit to it (its warning there, its error at twice it). The limit is process-wide
+    (Pillow has no per-call one): only ever raised, only as far as the configured max_image_pixels, and
+    left alone when someone turned it off (None)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or 2 * limit >= max_pixels:
+        return
+    with _PILLOW_LIMIT_LOCK:  # codec threads: never lower what another thread raised
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and limit < max_pixels:
+            Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def _decode_pillow(data: bytes, channels: int, max_pixels: int, fmt: str | None) -> Decoded:
@@ -225,13 +245,20 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
 
 
-def pad_to_multiple(a: np.ndarray, multiple: int) -> np.ndarray:
-    """Pad bottom/right (edge pixels) so that height and width are multiples of `multiple`."""
+def pad_to_multiple(a: np.ndarray, multiple: int, fill: tuple[int, ...] | None = None) -> np.ndarray:
+    """Pad bottom/right so that height and width are multiples of `multiple`: with the colour `fill` (one
+    value per channel), or with the edge pixels where it is None."""
     h, w = a.shape[:2]
     ph, pw = (-h) % multiple, (-w) % multiple
     if not ph and not pw:
         return a
-    return np.pad(a, ((0, ph), (0, pw), (0, 0)), mode="edge")
+    if fill is None:
+        return np.pad(a, ((0, ph), (0, pw), (0, 0)), mode="edge")
+    out = np.empty((h + ph, w + pw, a.shape[2]), dtype=a.dtype)
+    out[:h, :w] = a
+    out[h:, :] = fill
+    out[:h, w:] = fill
+    return out
 
 
 # -- encoding -------------------------------------------------------------------------------------------

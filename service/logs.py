@@ -7,22 +7,45 @@ import logging
 import logging.config
 import re
 from datetime import datetime, timezone
+from urllib.parse import unquote_plus
 
 from enet_serve.service.request_id import RequestIdFilter
 from enet_serve.service.settings import Settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
-_KEY_IN_QUERY = re.compile(r"(api_key=)[^&\s\"']+")
+_QUERY_PAIR = re.compile(r"([^\s?&=\"']+)=([^&\s\"']+)")  # name=value in a logged URL
+
+
+def is_key_parameter(name: str) -> bool:
+    """Whether a query parameter `name`, as sent, is an API key: Starlette percent-decodes names, so
+    `api%5Fkey` authenticates as `api_key` does (any name ending so is blanked, as before)."""
+    return unquote_plus(name).lower().endswith("api_key")
+
+
+def redact_query(query: str) -> str:
+    """A raw query string with the value of every API key parameter replaced by `***`."""
+    pairs = []
+    for pair in query.split("&"):
+        name, eq, value = pair.partition("=")
+        pairs.append(f"{name}=***" if eq and value and is_key_parameter(name) else pair)
+    return "&".join(pairs)
+
+
+def _blank(match: re.Match) -> str:
+    return f"{match[1]}=***" if is_key_parameter(match[1]) else match[0]
 
 
 class RedactKeyFilter(logging.Filter):
-    """Blanks `api_key=...` in log lines: uvicorn logs a WebSocket's URL with its query, where a
-    client may put its key (the stream's `api_key` parameter), and does so even without access logs."""
+    """Blanks API key query parameters (`api_key=...`, however percent-encoded) in log lines: uvicorn
+    logs a WebSocket's URL with its raw query, where a client may put its key (the stream's `api_key`
+    parameter), and does so even without access logs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "api_key=" in message:
-            record.msg, record.args = _KEY_IN_QUERY.sub(r"\1***", message), None
+        if "=" in message:
+            redacted = _QUERY_PAIR.sub(_blank, message)
+            if redacted != message:
+                record.msg, record.args = redacted, None
         return True
 
 

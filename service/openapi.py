@@ -7,7 +7,8 @@
   connections, shutting down; service/inflight.py) except on the probes and /metrics, 408 and 413
   where there is a body, 404 where the path names a model;
 - the `model=` of each task's route is an enum of the models of that task the server has (a model
-  of another task is refused with 422).
+  of another task is refused with 422), and of the models that failed to load (exit_on_error off):
+  every route answers those with 503 `model_failed`, and one may be the route's default.
 
 It works on whatever routes the app has (routes added later are completed too), once, on the first
 request for /openapi.json.
@@ -77,6 +78,10 @@ def install_openapi(app: FastAPI, secured: bool) -> None:
             by_task: dict[str, list[str]] = {task: [] for task in HANDLERS}
             for name, model in server.models.items():
                 by_task.setdefault(model.task, []).append(name)
+            # a model that failed to load has no task the server knows, and any route gives it a 503, not a 422
+            failed = [name for name in server.faults if name not in server.models]
+            for names in by_task.values():
+                names.extend(failed)
             app.openapi_schema = complete_schema(generate(), secured, by_task)
         return app.openapi_schema
 

@@ -5,10 +5,11 @@ span per phase that `Server-Timing` reports (decode, queue, infer, encode): the 
 service/timing.py records on the request's path, so the header and the trace tell the same story.
 The server span carries the request id (`X-Request-ID`) and the model that answered. Health and
 metrics scrapes are not traced; the WebSocket stream is not either (one span per frame would be
-noise). Where spans go: `otlp` sends them in batches over OTLP/HTTP to the collector named by the
-standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` variables (default
-http://localhost:4318); `console` prints them (to try it out). `OTEL_SERVICE_NAME` names the service
-(default enet-serve).
+noise, and its URL may carry an `api_key`). Any traced URL has its `api_key` query values blanked
+(`***`), as in the log lines. Where spans go: `otlp` sends them in batches over OTLP/HTTP to the
+collector named by the standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+variables (default http://localhost:4318); `console` prints them (to try it out). `OTEL_SERVICE_NAME`
+names the service (default enet-serve).
 """
 from __future__ import annotations
 
@@ -19,11 +20,16 @@ from typing import Any
 from enet_serve.service import timing
 from enet_serve.service._version import __version__
 from enet_serve.service.api.deps import served_model
+from enet_serve.service.logs import redact_query
 from enet_serve.service.request_id import REQUEST_ID
 from enet_serve.service.settings import Settings
 
 TRACER_NAME = "enet_serve.service"
-NOT_TRACED = "health/.*,metrics"  # the instrumentation's excluded_urls (regular expressions)
+# the instrumentation's excluded_urls: regular expressions searched in scheme://host/path (no query)
+NOT_TRACED = "health/.*,metrics,segment/stream"
+# the span attributes that carry the request's query (the old and the stable HTTP semantic conventions)
+URL_ATTRIBUTES = ("http.url", "url.full")
+QUERY_ATTRIBUTES = ("url.query",)
 INSTALL_HINT = "pip install 'enet-serve[tracing]'"
 
 
@@ -62,8 +68,33 @@ def install_tracing(app, settings: Settings):
     app.add_middleware(PhaseSpans, tracer=provider.get_tracer(TRACER_NAME, __version__))
     # no spans per ASGI receive/send message: the phases say where the time went
     FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=NOT_TRACED,
-                                       exclude_spans=["receive", "send"])
+                                       exclude_spans=["receive", "send"], server_request_hook=redact_key_attributes)
     return provider
+
+
+def redact_key_attributes(span, scope) -> None:
+    """The instrumentation's server_request_hook: the server span's URL attributes with any API key query
+    value blanked (the instrumentation itself redacts only AWS and GCS signature parameters)."""
+    raw = scope.get("query_string") or b""
+    query = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    redacted = redact_query(query)
+    if redacted == query or not span.is_recording():
+        return
+    from urllib.parse import unquote
+
+    from opentelemetry.instrumentation.asgi import get_host_port_url_tuple
+    try:
+        from opentelemetry.util.http import redact_url
+    except ImportError:  # opentelemetry-util-http before redact_url: what the instrumentation did then
+        from opentelemetry.util.http import remove_url_credentials as redact_url
+
+    present = getattr(span, "attributes", None)  # the SDK's span says which ones the instrumentation set
+    for key in URL_ATTRIBUTES:
+        if present is None or key in present:  # as the instrumentation writes it: the query percent-decoded
+            span.set_attribute(key, redact_url(f"{get_host_port_url_tuple(scope)[2]}?{unquote(redacted)}"))
+    for key in QUERY_ATTRIBUTES:
+        if present is None or key in present:
+            span.set_attribute(key, redacted)
 
 
 class PhaseSpans:

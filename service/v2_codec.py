@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+import sys
+from typing import Any, Sequence
 
 import numpy as np
 from pydantic import ValidationError
@@ -46,14 +47,20 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:n], body[n:]
 
 
-def parse_request(body: bytes, header_length: str | None, model: str,
-                  spec: InputSpec) -> tuple[V2InferRequest, np.ndarray]:
-    """The request and its input batch (uint8 NxHxWxC) for model `model` whose input is `spec`."""
+def parse_request(body: bytes, header_length: str | None, model: str, spec: InputSpec,
+                  outputs: Sequence[str] | None = None) -> tuple[V2InferRequest, np.ndarray]:
+    """The request and its input batch (uint8 NxHxWxC) for model `model` whose input is `spec`.
+    `outputs`: the model's output names, to refuse a request for another one (or a malformed output
+    flag) before it is queued; encode_response checks the same."""
     header, binary = split_body(body, header_length)
     try:
         raw = json.loads(header)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(f"the body is not JSON: {e}") from e
+    except ValueError as e:  # the only other ValueError: an integer literal past Python's digit limit
+        raise BadRequest(f"the body's JSON has an integer longer than {sys.get_int_max_str_digits()} digits") from e
+    except RecursionError as e:
+        raise BadRequest("the body's JSON is nested too deeply") from e
     try:
         req = V2InferRequest.model_validate(raw)
     except ValidationError as e:
@@ -69,14 +76,14 @@ def parse_request(body: bytes, header_length: str | None, model: str,
     if len(shape) != 4 or shape[0] < 1 or not spec.accepts(shape[1:]):
         size = f"HxW multiples of {spec.size_multiple}" if spec.dynamic_size else f"{spec.height}x{spec.width}"
         raise BadRequest(f"input {want} must have shape [N, H, W, {spec.channels}] with {size}; got {list(shape)}")
+    if outputs is not None:
+        requested_outputs(req, outputs, model)
     count = math.prod(shape)  # exact: np.prod wraps around in int64 and lets an absurd N through
     params = tensor.parameters or {}
     if "binary_data_size" in params:
-        try:
-            size = int(params["binary_data_size"])
-        except (TypeError, ValueError) as e:
-            raise BadRequest(f"binary input {want}: parameters.binary_data_size must be an integer, "
-                             f"got {params['binary_data_size']!r}") from e
+        size = params["binary_data_size"]
+        if not isinstance(size, int) or isinstance(size, bool):  # int() would take 192.7, "192" and true
+            raise BadRequest(f"binary input {want}: parameters.binary_data_size must be an integer, got {size!r}")
         if size != count or len(binary) < size:
             raise BadRequest(f"binary input {want}: {size} bytes given, {count} needed ({len(binary)} in the body)")
         array = np.frombuffer(binary[:size], dtype=np.uint8).reshape(shape)
@@ -100,20 +107,32 @@ def parse_request(body: bytes, header_length: str | None, model: str,
     return req, array
 
 
+def _flag(parameters: dict[str, Any] | None, key: str, where: str, default: bool) -> bool:
+    value = (parameters or {}).get(key, default)
+    if not isinstance(value, bool):  # bool("false") is True
+        raise BadRequest(f"{where}.{key} must be a JSON boolean (true or false), got {value!r}")
+    return value
+
+
+def requested_outputs(req: V2InferRequest, names: Sequence[str], model: str) -> list[tuple[str, bool]]:
+    """(name, as binary) of each output the request asks for (all of `names` by default); 400 for an
+    output the model does not have or a binary_data flag that is not a JSON boolean."""
+    default_binary = _flag(req.parameters, "binary_data_output", "parameters", False)
+    if not req.outputs:
+        return [(n, default_binary) for n in names]
+    wanted = []
+    for i, o in enumerate(req.outputs):
+        if o.name not in names:
+            raise BadRequest(f"model {model} has no output {o.name!r} (outputs: {list(names)})")
+        wanted.append((o.name, _flag(o.parameters, "binary_data", f"outputs[{i}].parameters", default_binary)))
+    return wanted
+
+
 def encode_response(req: V2InferRequest, outputs: dict[str, np.ndarray], model: str,
                     version: str) -> tuple[bytes, dict[str, str]]:
     """The response body and its extra headers: the outputs the request asked for (all by default),
     as JSON data or, where asked, as binary tensor data after the JSON header."""
-    names = list(outputs)
-    default_binary = bool((req.parameters or {}).get("binary_data_output", False))
-    if req.outputs:
-        wanted = []
-        for o in req.outputs:
-            if o.name not in outputs:
-                raise BadRequest(f"model {model} has no output {o.name!r} (outputs: {names})")
-            wanted.append((o.name, bool((o.parameters or {}).get("binary_data", default_binary))))
-    else:
-        wanted = [(n, default_binary) for n in names]
+    wanted = requested_outputs(req, list(outputs), model)
     tensors: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name, as_binary in wanted:

@@ -8,8 +8,13 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+
+try:  # the module's name since python-multipart 0.0.13 (Starlette imports it the same way)
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+except ModuleNotFoundError:  # pragma: no cover
+    from multipart.exceptions import FormParserError
+    from multipart.multipart import MultipartParser, parse_options_header
 
 from enet_serve.service.errors import BadRequest, InvalidParameter, PayloadTooLarge, Unauthorized, UnsupportedMediaType
 from enet_serve.service.server import LoadedModel, ModelServer
@@ -125,29 +130,86 @@ async def read_image(request: Request, settings: Settings) -> bytes:
     kind = media_type(request)
     if kind == "multipart/form-data":
         body = await read_body(request, settings.max_body_bytes)
-        return await _multipart_image(request, body, settings.max_body_bytes)
+        image = multipart_part(request.headers.get("content-type", ""), body, b"image")
+        if image is None:
+            raise InvalidParameter("multipart/form-data body without a field 'image'", code="missing_image")
+        return image
     if kind and not (kind.startswith("image/") or kind == "application/octet-stream"):
         raise UnsupportedMediaType(f"unsupported Content-Type {kind!r}: send image bytes (image/jpeg, image/png, ...) "
                                    "or multipart/form-data with a field 'image'")
     return await read_body(request, settings.max_body_bytes)
 
 
-async def _multipart_image(request: Request, body: bytes, limit: int) -> bytes:
-    async def stream():
-        yield body
+MAX_PARTS = 40  # parts in a multipart body (Starlette's form parser allowed 8 files and 32 fields)
 
-    parser = MultiPartParser(request.headers, stream(), max_files=8, max_fields=32, max_part_size=limit)
-    parser.spool_max_size = limit  # keep the upload in memory (it is within the body limit)
+
+def multipart_part(content_type: str, body: bytes, name: bytes) -> bytes | None:
+    """The bytes of the multipart/form-data part named `name` exactly as sent (the last such part, as a
+    form keeps it), whether a file part (`curl -F image=@x.png`) or a plain field (`curl -F 'image=<x.png'`):
+    Starlette's form parser decodes a plain field as text, which image bytes do not survive."""
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise BadRequest("invalid multipart body: the Content-Type has no boundary")
+    reader = _PartReader(name)
+    parser = MultipartParser(boundary, reader.callbacks())
     try:
-        form = await parser.parse()
-    except MultiPartException as e:
-        raise BadRequest(f"invalid multipart body: {e.message}") from e
-    try:
-        field = form.get("image")
-        if field is None:
-            raise InvalidParameter("multipart/form-data body without a field 'image'", code="missing_image")
-        if isinstance(field, UploadFile):
-            return await field.read()
-        return field.encode("latin-1", errors="ignore") if isinstance(field, str) else bytes(field)
-    finally:
-        await form.close()
+        parser.write(body)
+        parser.finalize()
+    except FormParserError as e:
+        raise BadRequest(f"invalid multipart body: {e}") from e
+    if reader.open:
+        raise BadRequest("invalid multipart body: it ends inside a part (no closing boundary)")
+    return reader.found
+
+
+class _PartReader:
+    """python-multipart's callbacks: keep the bytes of the parts named `name`, skip the others."""
+
+    def __init__(self, name: bytes):
+        self.name = name
+        self.parts = 0
+        self.open = False
+        self.found: bytes | None = None
+        self._field, self._value = bytearray(), bytearray()
+        self._disposition = b""
+        self._data: bytearray | None = None
+
+    def callbacks(self) -> dict:
+        return {"on_part_begin": self.on_part_begin, "on_header_field": self.on_header_field,
+                "on_header_value": self.on_header_value, "on_header_end": self.on_header_end,
+                "on_headers_finished": self.on_headers_finished, "on_part_data": self.on_part_data,
+                "on_part_end": self.on_part_end}
+
+    def on_part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise BadRequest(f"invalid multipart body: more than {MAX_PARTS} parts")
+        self.open, self._disposition, self._data = True, b"", None
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def on_header_end(self) -> None:
+        if self._field.lower() == b"content-disposition":
+            self._disposition = bytes(self._value)
+        self._field.clear()
+        self._value.clear()
+
+    def on_headers_finished(self) -> None:
+        _, params = parse_options_header(self._disposition)
+        if b"name" not in params:
+            raise BadRequest("invalid multipart body: a part's Content-Disposition has no name")
+        self._data = bytearray() if params[b"name"] == self.name else None
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._data is not None:
+            self._data += data[start:end]
+
+    def on_part_end(self) -> None:
+        if self._data is not None:
+            self.found = bytes(self._data)
+        self.open = False

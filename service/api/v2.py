@@ -119,8 +119,9 @@ _INFER_BODY = {"requestBody": {"required": True, "content": {
 async def infer(request: Request, server: ServerDep, settings: SettingsDep, model: V2ModelDep) -> Response:
     server.ensure_ready(model)
     body = await read_body(request, settings.max_body_bytes)
+    # the requested outputs are checked here too: a wrong name is refused before the batch runs
     req, batch = await server.codec(v2_codec.parse_request, body, request.headers.get(v2_codec.HEADER_LENGTH),
-                                    model.name, model.config.input)
+                                    model.name, model.config.input, list(model.runtime.output_names))
     outputs = await server.infer_tensor(model, batch)
     content, headers = await server.codec(v2_codec.encode_response, req, outputs, model.name,
                                           str(model.config.version))

@@ -169,6 +169,41 @@ async def test_error_statuses(serve):
     _error(await c.get("/segment"), 405)
 
 
+def _utf8_bmp() -> bytes:
+    """A 2x1 BMP whose bytes are all valid UTF-8, with two-byte sequences in its pixels (C3 A9 = 'é')."""
+    buf = io.BytesIO()
+    Image.fromarray(np.array([[[0x41, 0xA9, 0xC3], [0x41, 0x41, 0x41]]], np.uint8)).save(buf, "BMP")
+    data = bytearray(buf.getvalue())
+    data[38:46] = bytes(8)  # the resolution fields (not needed; not UTF-8)
+    data = bytes(data)
+    assert data.decode("utf-8") and b"\xc3\xa9" in data
+    return data
+
+
+async def test_multipart_image_as_a_file_part_or_a_plain_field(serve):
+    """`curl -F image=@x.bmp` (a file part) and `curl -F 'image=<x.bmp'` (a plain field, no filename) both
+    give the image's bytes as sent: a plain field used to go through Starlette's text decoding."""
+    c = await serve()
+    for data in (_utf8_bmp(), to_png(random_rgb(8, 30, 40))):
+        raw = await c.post("/segment?format=png", content=data)
+        assert raw.status_code == 200, raw.text
+        for files in ({"image": ("x.img", data, "application/octet-stream")},  # file part
+                      {"image": (None, data)},  # plain field: no filename
+                      {"other": (None, b"x"), "image": (None, data), "note": ("n.txt", b"hello", "text/plain")}):
+            r = await c.post("/segment?format=png", files=files)
+            assert r.status_code == 200 and r.content == raw.content, (list(files), r.text)
+    img = to_png(random_rgb(9, 30, 40))
+    boundary = "b0undary"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n\r\n'.encode()
+    for body in (head + img, head + img + f"\r\n--{boundary}--\r\n".encode()[:-8]):  # no closing boundary
+        _error(await c.post("/segment", content=body,
+                            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}), 400)
+    _error(await c.post("/segment", content=head, headers={"Content-Type": "multipart/form-data"}), 400)
+    whole = head + img + f"\r\n--{boundary}--\r\n".encode()
+    r = await c.post("/segment", content=whole, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 200, r.text
+
+
 async def test_chunked_body_over_the_limit(serve):
     c = await serve(max_body_bytes=10_000)
 
@@ -407,3 +442,31 @@ async def test_v2_infer_errors(serve):
     _error(await c.post(url, json={"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "UINT8",
                                                "data": [300] * 784}]}), 400)
     _error(await c.post("/v2/models/nope/infer", json={"inputs": []}), 404)
+
+
+async def test_v2_json_python_cannot_read_is_400(serve):
+    c = await serve()
+    url = "/v2/models/lenet5-fashion/infer"
+    big = ('{"inputs": [{"name": "image", "shape": [%s, 28, 28, 1], "datatype": "UINT8", "data": [0]}]}'
+           % ("9" * 5000)).encode()
+    assert "4300 digits" in _error(await c.post(url, content=big), 400, "bad_request")["message"]
+    deep = b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    assert "nested too deeply" in _error(await c.post(url, content=deep), 400, "bad_request")["message"]
+
+
+async def test_v2_requested_outputs_are_checked_before_the_batch_runs(serve):
+    c = await serve()
+    url = "/v2/models/lenet5-fashion/infer"
+    image = {"name": "image", "shape": [2, 28, 28, 1], "datatype": "UINT8", "data": [0] * (2 * 784)}
+    message = _error(await c.post(url, json={"inputs": [image], "outputs": [{"name": "probabilites"}]}),
+                     400, "bad_request")["message"]
+    assert "no output 'probabilites'" in message and "probabilities" in message
+    for flags in ({"parameters": {"binary_data_output": "false"}},
+                  {"outputs": [{"name": "probabilities", "parameters": {"binary_data": "true"}}]}):
+        message = _error(await c.post(url, json={"inputs": [image], **flags}), 400, "bad_request")["message"]
+        assert "must be a JSON boolean" in message
+    batches = [line for line in (await c.get("/metrics")).text.splitlines()
+               if line.startswith("enet_serve_batches_total{")]
+    assert batches == [], batches  # refused before the queue: no batch ran
+    r = await c.post(url, json={"inputs": [image], "parameters": {"binary_data_output": False}})
+    assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [2, 10]

@@ -136,6 +136,48 @@ def test_pixel_limit_checked_from_the_header():
     assert codecs.decode_image(data, max_pixels=64 * 64).width == 64
 
 
+def _png_header_only(width: int, height: int) -> bytes:
+    """A grey PNG that says it is width x height, with no pixel data: its size is read, nothing decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_max_image_pixels_above_pillows_own_limit(monkeypatch):
+    """max_image_pixels is the limit, also above Pillow's bomb check (2 * Image.MAX_IMAGE_PIXELS, ~179 MP),
+    which fires inside Image.open, before our header check."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    # 196 MP, over Pillow's limit, under ours: past both size checks, to the (empty) pixel data
+    with pytest.raises(BadImage, match="truncated"):
+        codecs.decode_image(_png_header_only(14_000, 14_000), max_pixels=200_000_000)
+    with pytest.raises(PayloadTooLarge):
+        codecs.decode_image(_png_header_only(14_000, 14_000), max_pixels=190_000_000)
+    # the same with Pillow's limit at 2 x 1000 pixels: an image between the two decodes (PNG, WebP, BMP...)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    rgb = random_rgb(6, 64, 64)
+    for data in (to_png(rgb), _to(rgb, "WEBP", lossless=True), _to(rgb, "BMP")):
+        assert np.array_equal(codecs.decode_image(data, max_pixels=64 * 64).array, rgb)
+    assert Image.MAX_IMAGE_PIXELS == 64 * 64  # raised only as far as our limit
+    with pytest.raises(PayloadTooLarge, match="max_image_pixels"):
+        codecs.decode_image(to_png(rgb), max_pixels=64 * 64 - 1)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a JPEG's EXIF orientation is read by Pillow too
+    rotated = codecs.decode_image(_jpeg_with_orientation(random_rgb(6, 32, 80), 6), max_pixels=64 * 64)
+    assert (rotated.width, rotated.height) == (32, 80)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # turned off by someone: left off
+    assert codecs.decode_image(to_png(rgb), max_pixels=64 * 64).width == 64 and Image.MAX_IMAGE_PIXELS is None
+
+
+def _to(rgb: np.ndarray, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
 def test_mask_png_roundtrip():
     rng = np.random.default_rng(0)
     mask = rng.integers(0, 12, (37, 53), dtype=np.uint8)

@@ -74,20 +74,15 @@ def _slow_repo(tmp_path_factory, matmuls: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def slow_repo(tmp_path_factory) -> Path:
-    """lenet5-fashion as a classifier that takes 0.2-0.5 s per image on one thread."""
-    return _slow_repo(tmp_path_factory, 96)
-
-
-@pytest.fixture(scope="module")
 def slower_repo(tmp_path_factory) -> Path:
-    """The same at 1-2.5 s per image: sixteen of them outlast a 1 s drain grace on any machine."""
+    """lenet5-fashion as a classifier that takes 1-2.5 s per image on one thread on a busy machine, 0.25 s
+    on an idle one (where 96 matmuls answered eight images before a drain could start)."""
     return _slow_repo(tmp_path_factory, 480)
 
 
 @pytest.fixture(scope="module")
 def slowest_repo(tmp_path_factory) -> Path:
-    """The same at 1.5-7 s per image: the first request must outlast queueing three more and closing them,
+    """lenet5-fashion at 1.5-7 s per image: the first request must outlast queueing three more and closing them,
     also on a fast machine whose polls stall (0.45 s per image at 480 matmuls was seen)."""
     return _slow_repo(tmp_path_factory, 1440)
 
@@ -163,8 +158,8 @@ def _never_ready(base: str) -> bool:
         return True
 
 
-def test_sigterm_drain_answers_running_and_queued(slow_repo, tmp_path):
-    with server(tmp_path, slow_repo, *SLOW, "--drain-timeout-s", "30", "--max-queue", "64") as p:
+def test_sigterm_drain_answers_running_and_queued(slower_repo, tmp_path):
+    with server(tmp_path, slower_repo, *SLOW, "--drain-timeout-s", "30", "--max-queue", "64") as p:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(post, p.base, **{"X-Request-ID": f"drain-{i}"}) for i in range(8)]
             p.wait_until(lambda: p.metric(DECODED) == 8, 20, "all eight accepted")  # 1-2 running, the rest queued

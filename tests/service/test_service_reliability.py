@@ -90,6 +90,23 @@ async def test_broken_model_beside_working_ones(serve, broken_repo):
     assert 'enet_serve_model_ready{model="enet-camvid"} 1.0' in text
 
 
+async def test_a_model_that_failed_to_load_is_in_the_model_enums(serve, broken_repo):
+    """The schema's `model=` lists what the server answers for: lenet5-fashion, the default classifier,
+    failed to load (its task unknown to the server), and every route answers it with 503, not 422."""
+    c = await serve(repository=broken_repo, precision="fp32", exit_on_error=False)
+    paths = (await c.get("/openapi.json")).json()["paths"]
+
+    def enum(path):
+        [model] = [p for p in paths[path]["post"]["parameters"] if p["name"] == "model"]
+        return model["schema"]["enum"]
+
+    assert enum("/classify") == ["lenet5-fashion"] and enum("/segment") == ["enet-camvid", "lenet5-fashion"]
+    assert "503" in paths["/classify"]["post"]["responses"]
+    img = to_png(random_rgb(1, 28, 28))
+    for path in ("/classify", "/segment?model=lenet5-fashion"):
+        _error(await c.post(path, content=img), 503, "model_failed")
+
+
 async def test_broken_config_is_named(serve, tiny_repo, tmp_path):
     repo = tmp_path / "repo"
     copy_model(tiny_repo, "enet-camvid", repo)

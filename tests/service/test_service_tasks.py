@@ -86,3 +86,25 @@ def test_classify_answer_and_describe(seg, cls):
 def test_v2_outputs_come_from_the_config(seg, cls):
     assert seg.v2_outputs() == [{"name": "mask", "datatype": "UINT8", "shape": [-1, -1, -1]}]
     assert cls.v2_outputs() == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
+
+
+def test_native_size_pads_with_the_graphs_own_padding_colour(tiny_repo):
+    """The graph pads to multiples of 8 by zero after its normalisation: the mean colour. The service pads
+    native-size images itself (so that nearby sizes batch together) and must use that colour too; edge
+    pixels moved 0.6 % of the shipped ENet's mask pixels at 357x473."""
+    from enet_serve.model_config import Normalization
+
+    bare_config = ModelRepository(tiny_repo).entry("enet-camvid").config
+    config = bare_config.model_copy(update={"normalization": Normalization(mean=[0.3908, 0.4043, 0.4114],
+                                                                           std=[0.3046, 0.3128, 0.3056])})
+    task = handler_for("enet-camvid", config, Settings(native_size=True))
+    rgb = random_rgb(4, 100, 130)
+    prepared = task.prepare(to_png(rgb))
+    assert prepared.array.shape == (104, 136, 3) and prepared.valid == (100, 130)
+    assert np.array_equal(prepared.array[:100, :130], rgb)
+    mean = [round(255 * m) for m in config.normalization.mean]
+    assert (prepared.array[100:] == mean).all() and (prepared.array[:, 130:] == mean).all()
+    # without a recorded normalisation: the edge pixels, as before
+    assert bare_config.normalization is None
+    bare = handler_for("enet-camvid", bare_config, Settings(native_size=True))
+    assert np.array_equal(bare.prepare(to_png(rgb)).array[103, :130], rgb[99])

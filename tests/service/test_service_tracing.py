@@ -3,9 +3,13 @@ and under it the phases Server-Timing reports, each inside the request and in or
 from __future__ import annotations
 
 import builtins
+import json
 
+import httpx
 import pytest
+from websockets.asyncio.client import connect
 
+from live_server import live_server
 from svc_helpers import random_rgb, to_png
 
 pytest.importorskip("opentelemetry.sdk")
@@ -64,6 +68,39 @@ async def test_health_and_metrics_are_not_traced(serve, spans):
     assert (await client.get("/models")).status_code == 200
     routes = {s.attributes.get("http.route") for s in spans.get_finished_spans() if s.kind.name == "SERVER"}
     assert routes == {"/models"}
+
+
+KEY = "s3cret-key-42"
+
+
+def _attribute_values(finished) -> str:
+    return json.dumps([dict(s.attributes) for s in finished] + [s.name for s in finished])
+
+
+async def test_the_stream_is_not_traced_and_its_key_never_exported(tiny_repo, spans):
+    """The stream's `?api_key=` must not reach a span: the stream is not traced at all (as documented)."""
+    settings = Settings(repository=tiny_repo, tracing="console", api_keys=[KEY], tune_batch_size=False,
+                        access_log=False)
+    with live_server(settings) as base:
+        async with connect(base.replace("http://", "ws://") + f"/segment/stream?format=json&api_key={KEY}") as ws:
+            await ws.send(to_png(random_rgb(5)))
+            assert json.loads(await ws.recv())["frame"] == 0
+        async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": KEY}) as client:
+            assert (await client.get("/models")).status_code == 200
+    finished = spans.get_finished_spans()  # the server has stopped: every span has ended
+    assert [s.attributes.get("http.route") for s in finished if s.kind.name == "SERVER"] == ["/models"]
+    assert KEY not in _attribute_values(finished)
+
+
+@pytest.mark.parametrize("name", ["api_key", "api%5Fkey", "API_KEY"])
+async def test_a_key_in_a_traced_url_is_blanked(serve, spans, name):
+    client = await serve(tracing="console", api_keys=[KEY])
+    r = await client.get(f"/models?x=1&{name}={KEY}&y=2", headers={"X-API-Key": KEY})
+    assert r.status_code == 200
+    finished = spans.get_finished_spans()
+    url = server_span(finished, "/models").attributes["http.url"]
+    assert url.endswith("/models?x=1&" + ("api_key" if name == "api%5Fkey" else name) + "=***&y=2"), url
+    assert KEY not in _attribute_values(finished)
 
 
 async def test_off_by_default(serve, spans):

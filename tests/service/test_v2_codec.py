@@ -54,6 +54,11 @@ def test_binary_tensor_data():
     (b"{}", "x", f"invalid {HEADER_LENGTH}"),
     (_request((1, 4, 4, 1), parameters={"binary_data_size": "abc"}), None, "must be an integer, got 'abc'"),
     (_request((1, 4, 4, 1), parameters={"binary_data_size": None}), None, "must be an integer, got None"),
+    # int() would read these as 16 (or 1): only a JSON integer is a size
+    (_request((1, 4, 4, 1), parameters={"binary_data_size": 16.7}), None, "must be an integer, got 16.7"),
+    (_request((1, 4, 4, 1), parameters={"binary_data_size": 16.0}), None, "must be an integer, got 16.0"),
+    (_request((1, 4, 4, 1), parameters={"binary_data_size": "16"}), None, "must be an integer, got '16'"),
+    (_request((1, 4, 4, 1), parameters={"binary_data_size": True}), None, "must be an integer, got True"),
     # a batch size whose element count wraps around in int64 (np.prod) to 0
     (_request((2 ** 62, 4, 4, 1), []), None, "0 values for shape"),
     (_request((2 ** 62, 4, 4, 1), parameters={"binary_data_size": 0}), None, "0 bytes given"),
@@ -61,6 +66,60 @@ def test_binary_tensor_data():
 def test_bad_requests_are_400_with_a_reason(body, header_length, message):
     with pytest.raises(BadRequest, match=message):
         parse_request(body, header_length, "m", FIXED)
+
+
+def _huge_request(shape_n: str) -> bytes:
+    return ('{"inputs": [{"name": "image", "shape": [%s, 4, 4, 1], "datatype": "UINT8", "data": [0]}]}'
+            % shape_n).encode()
+
+
+@pytest.mark.parametrize("body,message", [
+    (_huge_request("9" * 5000), "integer longer than 4300 digits"),  # json.loads: ValueError, not JSONDecodeError
+    (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),  # RecursionError
+    (b'{"id": "1", "parameters": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5000 + b"}", "nested too deeply"),
+])
+def test_json_python_cannot_read_is_400_not_500(body, message):
+    with pytest.raises(BadRequest, match=message):
+        parse_request(body, None, "m", FIXED, ["mask"])
+
+
+@pytest.mark.parametrize("outputs,parameters,message", [
+    ([{"name": "maks"}], None, r"model m has no output 'maks' \(outputs: \['mask', 'confidence'\]\)"),
+    ([{"name": "mask"}, {"name": "probabilities"}], None, "no output 'probabilities'"),
+    (None, {"binary_data_output": "false"}, r"parameters.binary_data_output must be a JSON boolean .* got 'false'"),
+    (None, {"binary_data_output": 0}, "parameters.binary_data_output must be a JSON boolean"),
+    ([{"name": "mask", "parameters": {"binary_data": "false"}}], None,
+     r"outputs\[0\].parameters.binary_data must be a JSON boolean .* got 'false'"),
+    ([{"name": "mask"}, {"name": "confidence", "parameters": {"binary_data": None}}], None,
+     r"outputs\[1\].parameters.binary_data must be a JSON boolean"),
+])
+def test_requested_outputs_are_checked_with_the_request(outputs, parameters, message):
+    """Before the batch is queued: a wrong output name or a flag that is not a JSON boolean (bool("false")
+    is True) is the request's fault, found without running the model."""
+    body = json.loads(_request((1, 4, 4, 1), [0] * 16))
+    if outputs is not None:
+        body["outputs"] = outputs
+    if parameters is not None:
+        body["parameters"] = parameters
+    with pytest.raises(BadRequest, match=message):
+        parse_request(json.dumps(body).encode(), None, "m", FIXED, ["mask", "confidence"])
+    req = V2InferRequest.model_validate(body)
+    outs = {"mask": np.zeros((1, 4, 4), np.uint8), "confidence": np.zeros((1, 4, 4), np.uint8)}
+    with pytest.raises(BadRequest, match=message):  # the same from encode_response
+        encode_response(req, outs, "m", "1")
+
+
+def test_output_flags_that_are_booleans():
+    body = json.loads(_request((1, 4, 4, 1), [0] * 16))
+    body["parameters"] = {"binary_data_output": True}
+    body["outputs"] = [{"name": "mask"}, {"name": "confidence", "parameters": {"binary_data": False}}]
+    req, _ = parse_request(json.dumps(body).encode(), None, "m", FIXED, ["mask", "confidence"])
+    outs = {"mask": np.ones((1, 2, 2), np.uint8), "confidence": np.full((1, 2, 2), 7, np.uint8)}
+    content, headers = encode_response(req, outs, "m", "1")
+    n = int(headers[HEADER_LENGTH])
+    mask, confidence = json.loads(content[:n])["outputs"]
+    assert mask["parameters"] == {"binary_data_size": 4} and content[n:] == b"\1" * 4
+    assert confidence["data"] == [7] * 4
 
 
 def test_binary_data_shorter_than_announced():
