@@ -1,4 +1,6 @@
-"""Errors of the service and the handlers that turn every failure into `{"error": {"code", "message"}}`.
+"""Errors of the service and the handlers that turn every failure into `{"error": {"code", "message"}}`, or
+on the Open Inference Protocol's routes (/v2) into its own form, `{"error": message, "code": code}`: its
+clients (tritonclient, perf_analyzer) read `error` as a string.
 
 Statuses follow design.md: 400 bad image, 401 API key, 404 unknown model or route, 405 method,
 408 body too slow, 413 body or image too large, 415 media type, 422 bad parameters, 503 queue full,
@@ -120,7 +122,18 @@ class ModelLoadError(Exception):
         self.path = path
 
 
-def error_body(code: str, message: str, details=None) -> dict:
+V2_ROOT = "/v2"
+
+
+def is_v2(path: str) -> bool:
+    """Whether `path` is one of the Open Inference Protocol's routes."""
+    return path == V2_ROOT or path.startswith(V2_ROOT + "/")
+
+
+def error_body(code: str, message: str, details=None, *, path: str = "") -> dict:
+    """The error's JSON body for a request to `path` (the protocol's form under /v2)."""
+    if is_v2(path):
+        return {"error": message, "code": code}
     error = {"code": code, "message": message}
     if details is not None:
         error["details"] = details
@@ -128,8 +141,8 @@ def error_body(code: str, message: str, details=None) -> dict:
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
-                   details=None) -> JSONResponse:
-    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+                   details=None, *, path: str = "") -> JSONResponse:
+    return JSONResponse(error_body(code, message, details, path=path), status_code=status, headers=headers)
 
 
 _HTTP_CODES = {
@@ -150,7 +163,7 @@ def _jsonable_errors(errors) -> list[dict]:
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
     if exc.status >= 500 and not isinstance(exc, (ServiceUnavailable, DeadlineExceeded)):
         log.error("%s %s: %s", request.method, request.url.path, exc.message)
-    return error_response(exc.status, exc.code, exc.message, exc.headers or None, exc.details)
+    return error_response(exc.status, exc.code, exc.message, exc.headers or None, exc.details, path=request.url.path)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -159,7 +172,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     for e in errors:
         loc = ".".join(str(p) for p in e["loc"] if p not in ("query", "path", "body", "header"))
         parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
-    return error_response(422, "invalid_parameter", "; ".join(parts) or "invalid request", details=errors)
+    return error_response(422, "invalid_parameter", "; ".join(parts) or "invalid request", details=errors,
+                          path=request.url.path)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -172,12 +186,13 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         message = f"no route {request.method} {request.url.path}"
     elif status == 405 and message == "Method Not Allowed":
         message = f"method {request.method} not allowed on {request.url.path}"
-    return error_response(status, _HTTP_CODES.get(status, "error"), message, getattr(exc, "headers", None))
+    return error_response(status, _HTTP_CODES.get(status, "error"), message, getattr(exc, "headers", None),
+                          path=request.url.path)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal_error", f"internal error: {type(exc).__name__}")
+    return error_response(500, "internal_error", f"internal error: {type(exc).__name__}", path=request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:

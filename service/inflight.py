@@ -60,10 +60,10 @@ class InflightMiddleware:
         if counted and self.counted >= self.max_connections:
             await send_json(send, 503, error_body(
                 "too_many_connections", f"{self.counted} requests are being served (max_connections="
-                f"{self.max_connections}); retry shortly"), {"Retry-After": "1"})
+                f"{self.max_connections}); retry shortly", path=scope["path"]), {"Retry-After": "1"})
             return
         if self.lifecycle.grace_over:
-            await send_json(send, 503, error_body("shutting_down", "the server is shutting down"),
+            await send_json(send, 503, error_body("shutting_down", "the server is shutting down", path=scope["path"]),
                             {"Retry-After": "1", "Connection": "close"})
             return
         if counted:
@@ -134,7 +134,7 @@ class InflightMiddleware:
             elif not flight.started:
                 await send_json(send, 503, error_body(
                     "shutting_down", "the server is shutting down: the drain's grace period ended before this "
-                    "request was answered"), {"Retry-After": "1", "Connection": "close"})
+                    "request was answered", path=scope["path"]), {"Retry-After": "1", "Connection": "close"})
         finally:
             self.flights.discard(flight)
             if watcher is not None:

@@ -19,11 +19,13 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from enet_serve.service.errors import is_v2
 from enet_serve.service.inflight import UNCOUNTED
 from enet_serve.service.tasks import HANDLERS
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 ERROR_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+V2_ERROR_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/V2ErrorResponse"}}}
 GENERIC = {
     "401": "missing or wrong API key",
     "404": "unknown model (or version)",
@@ -33,8 +35,8 @@ GENERIC = {
 }
 
 
-def _add(responses: dict[str, Any], status: str) -> None:
-    responses.setdefault(status, {"description": GENERIC[status], "content": ERROR_REF})
+def _add(responses: dict[str, Any], status: str, path: str) -> None:
+    responses.setdefault(status, {"description": GENERIC[status], "content": V2_ERROR_REF if is_v2(path) else ERROR_REF})
 
 
 def complete_schema(schema: dict[str, Any], secured: bool, models_by_task: dict[str, list[str]]) -> dict[str, Any]:
@@ -54,14 +56,14 @@ def complete_schema(schema: dict[str, Any], secured: bool, models_by_task: dict[
                 op.pop("security", None)
                 responses.pop("401", None)
             elif op.get("security"):
-                _add(responses, "401")
+                _add(responses, "401", path)
             if not path.startswith(UNCOUNTED):
-                _add(responses, "503")
+                _add(responses, "503", path)
             if "requestBody" in op:
-                _add(responses, "408")
-                _add(responses, "413")
+                _add(responses, "408", path)
+                _add(responses, "413", path)
             if "{name}" in path:
-                _add(responses, "404")
+                _add(responses, "404", path)
     if not secured:
         schema.get("components", {}).pop("securitySchemes", None)
     return schema

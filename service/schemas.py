@@ -19,6 +19,12 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class V2ErrorResponse(BaseModel):
+    """The Open Inference Protocol's error object (its clients read `error` as a string)."""
+    error: str = Field(description="what went wrong, for people", examples=["unknown model 'enet'; loaded: enet-camvid"])
+    code: str = Field(description="stable machine-readable code (as `error.code` elsewhere)", examples=["model_not_found"])
+
+
 class Region(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"class": "Car", "index": 8, "area": 5230, "bbox": [312, 170, 96, 71], "centroid": [361.4, 207.9]}]})
@@ -252,3 +258,5 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "queue full or not ready (see Retry-After)"},
     504: {"model": ErrorResponse, "description": "the deadline passed while queued"},
 }
+# the same on the /v2 routes, in the protocol's form
+V2_ERROR_RESPONSES = {status: {**response, "model": V2ErrorResponse} for status, response in ERROR_RESPONSES.items()}

@@ -16,7 +16,7 @@ from enet_serve.service import v2_codec
 from enet_serve.service._version import __version__
 from enet_serve.service.api.deps import ModelDep, ServerDep, SettingsDep, read_body, require_api_key
 from enet_serve.service.errors import ModelNotFound, NotReady
-from enet_serve.service.schemas import (ERROR_RESPONSES, V2InferRequest, V2InferResponse, V2ModelMetadata,
+from enet_serve.service.schemas import (V2_ERROR_RESPONSES, V2InferRequest, V2InferResponse, V2ModelMetadata,
                                         V2ServerMetadata)
 from enet_serve.service.server import LoadedModel
 
@@ -51,7 +51,7 @@ async def server_live() -> dict:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="Server ready (every model warm)", responses={503: ERROR_RESPONSES[503]})
+@router.get("/health/ready", summary="Server ready (every model warm)", responses={503: V2_ERROR_RESPONSES[503]})
 async def server_ready(server: ServerDep):
     state = server.readiness()
     if not state.ready:
@@ -59,9 +59,9 @@ async def server_ready(server: ServerDep):
     return {"ready": True}
 
 
-@secured.get(MODEL, summary="Model metadata", response_model=V2ModelMetadata, responses={404: ERROR_RESPONSES[404]})
+@secured.get(MODEL, summary="Model metadata", response_model=V2ModelMetadata, responses={404: V2_ERROR_RESPONSES[404]})
 @secured.get(VERSIONED, summary="Model metadata (one version)", response_model=V2ModelMetadata,
-             responses={404: ERROR_RESPONSES[404]}, openapi_extra=VERSION_PARAMETER)
+             responses={404: V2_ERROR_RESPONSES[404]}, openapi_extra=VERSION_PARAMETER)
 async def model_metadata(model: V2ModelDep) -> dict:
     cfg = model.config
     h, w = (-1, -1) if cfg.input.dynamic_size else (cfg.input.height, cfg.input.width)
@@ -74,8 +74,8 @@ async def model_metadata(model: V2ModelDep) -> dict:
     }
 
 
-@router.get(MODEL + "/ready", summary="Model ready", responses={503: ERROR_RESPONSES[503]})
-@router.get(VERSIONED + "/ready", summary="Model ready (one version)", responses={503: ERROR_RESPONSES[503]},
+@router.get(MODEL + "/ready", summary="Model ready", responses={503: V2_ERROR_RESPONSES[503]})
+@router.get(VERSIONED + "/ready", summary="Model ready (one version)", responses={503: V2_ERROR_RESPONSES[503]},
             openapi_extra=VERSION_PARAMETER)
 async def model_ready(server: ServerDep, model: V2ModelDep) -> dict:
     server.ensure_ready(model)
@@ -105,7 +105,7 @@ _INFER_DOC = dict(
     response_model=V2InferResponse,
     responses={200: {"content": {"application/octet-stream": {}},
                      "description": "JSON, or with binary outputs: the JSON header then the raw tensors"},
-               **ERROR_RESPONSES},
+               **V2_ERROR_RESPONSES},
 )
 _INFER_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": _inline_schema(V2InferRequest)},

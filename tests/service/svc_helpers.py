@@ -183,3 +183,14 @@ def stop_process(proc) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def error_of(r) -> dict:
+    """A response's error as {"code", "message", ...}: `{"error": {...}}`, or on /v2, where the protocol's
+    clients read `error` as a string, from `{"error": message, "code": code}`."""
+    body = r.json()
+    if r.request.url.path.startswith("/v2"):
+        assert isinstance(body["error"], str) and body["error"] and isinstance(body["code"], str), body
+        return {"code": body["code"], "message": body["error"]}
+    assert set(body["error"]) >= {"code", "message"}, body
+    return body["error"]

@@ -13,18 +13,17 @@ import pytest
 from PIL import Image
 
 from enet_serve.service import runtime
-from svc_helpers import random_rgb, to_jpeg, to_png
+from svc_helpers import error_of, random_rgb, to_jpeg, to_png
 
 SEG_SIZE = (120, 160)  # the tiny segmentation model's native size
 
 
 def _error(r, status, code=None):
     assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) >= {"error"} and set(body["error"]) >= {"code", "message"}
+    error = error_of(r)
     if code:
-        assert body["error"]["code"] == code, body
-    return body["error"]
+        assert error["code"] == code, r.text
+    return error
 
 
 def _solo_mask(tiny_repo, rgb: np.ndarray) -> np.ndarray:
@@ -420,7 +419,7 @@ async def test_v2_batch_larger_than_the_queue_is_413_not_a_retry(serve):
     r = await c.post("/v2/models/lenet5-fashion/infer", json={"inputs": [
         {"name": "image", "shape": list(x.shape), "datatype": "UINT8", "data": x.ravel().tolist()}]})
     _error(r, 413, "payload_too_large")
-    assert "max_queue" in r.json()["error"]["message"] and "Retry-After" not in r.headers
+    assert "max_queue" in error_of(r)["message"] and "Retry-After" not in r.headers
     r = await c.post("/v2/models/lenet5-fashion/infer", json={"inputs": [
         {"name": "image", "shape": [2, 28, 28, 1], "datatype": "UINT8", "data": x[:2].ravel().tolist()}]})
     assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [2, 10]
@@ -442,6 +441,27 @@ async def test_v2_infer_errors(serve):
     _error(await c.post(url, json={"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "UINT8",
                                                "data": [300] * 784}]}), 400)
     _error(await c.post("/v2/models/nope/infer", json={"inputs": []}), 404)
+
+
+async def test_v2_errors_are_in_the_protocols_form(serve):
+    """tritonclient and perf_analyzer read a v2 error's `error` as a string (perf_analyzer's C++ client
+    cannot read an object there); the rest of the API keeps `{"error": {"code", "message"}}`."""
+    c = await serve(api_keys=["k1"])
+    for r in (await c.post("/v2/models/nope/infer", json={"inputs": []}, headers={"X-API-Key": "k1"}),  # handler
+              await c.get("/v2/models/lenet5-fashion"),  # 401 from the key's dependency
+              await c.get("/v2/no/such/route")):  # Starlette's own 404
+        body = r.json()
+        assert r.status_code in (401, 404) and set(body) == {"error", "code"}, body
+        assert isinstance(body["error"], str) and body["error"], body
+    assert r.json()["code"] == "not_found"
+    body = (await c.get("/models/nope", headers={"X-API-Key": "k1"})).json()
+    assert set(body["error"]) >= {"code", "message"}
+    schema = (await c.get("/openapi.json")).json()
+    v2_infer = schema["paths"]["/v2/models/{name}/infer"]["post"]["responses"]
+    assert v2_infer["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/V2ErrorResponse")
+    assert v2_infer["503"]["content"]["application/json"]["schema"]["$ref"].endswith("/V2ErrorResponse")
+    segment = schema["paths"]["/segment"]["post"]["responses"]
+    assert segment["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
 
 
 async def test_v2_json_python_cannot_read_is_400(serve):

@@ -17,7 +17,7 @@ from enet_serve.service.errors import ModelLoadError
 from enet_serve.service.logs import JsonFormatter, log_config
 from enet_serve.service.request_id import REQUEST_ID, RequestIdFilter
 from enet_serve.service.settings import Settings
-from svc_helpers import cls_graph, copy_model, random_rgb, sha256, to_png, write_model
+from svc_helpers import cls_graph, copy_model, error_of, random_rgb, sha256, to_png, write_model
 
 CLS_CONFIG = {
     "architecture": "tiny-cls", "task": "classify",
@@ -30,8 +30,8 @@ CLS_CONFIG = {
 
 def _error(r, status, code):
     assert r.status_code == status, r.text
-    assert r.json()["error"]["code"] == code, r.text
-    return r.json()["error"]
+    assert error_of(r)["code"] == code, r.text
+    return error_of(r)
 
 
 def corrupt_model(repo, name: str) -> str:
