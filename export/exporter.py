@@ -76,11 +76,16 @@ def _precisions(precisions) -> list[str]:
     return sorted(out, key=PRECISIONS.index)  # FP32 first: the FP16 check compares with it
 
 
+def num_classes_of(spec: ModelSpec, weights: Weights | None, num_classes: int | None) -> int:
+    """The model's classes: as asked, else the checkpoint's, else the architecture's."""
+    return num_classes or (weights.num_classes if weights is not None else None) or spec.num_classes
+
+
 def build_model(arch: str, spec: ModelSpec, weights: Weights | None, num_classes: int | None,
                 builder_args: dict | None = None) -> tuple[nn.Module, int]:
     """The model in eval mode with its weights, and its number of classes. `builder_args` go to the
     architecture's builder (e.g. transform_input=True for torchvision's GoogLeNet/Inception v3 weights)."""
-    k = num_classes or (weights.num_classes if weights is not None else None) or spec.num_classes
+    k = num_classes_of(spec, weights, num_classes)
     kwargs = {**(builder_args or {}), "num_classes": k}
     try:
         if weights is None:
@@ -98,7 +103,7 @@ def build_model(arch: str, spec: ModelSpec, weights: Weights | None, num_classes
     return model.eval(), k
 
 
-def _random_batches(spec: ModelSpec, batches: int = 2, size: int = 8):
+def _random_batches(spec: ModelSpec, batches: int = 1, size: int = 4):
     """Normalised random images at the native size (the same every export) for random weights' batch norms."""
     g = torch.Generator().manual_seed(RANDOM_INIT_SEED)
     h, w = spec.input_size
@@ -171,6 +176,10 @@ def _export(arch: str, repository: Path | None, name: str | None, options: Expor
 
         if not quantize.gateable(spec):
             quantize.refuse_ungated(spec, arch)
+    k = num_classes_of(spec, loaded, options.num_classes)
+    if spec.task == "segment" and k > 256:
+        raise ExportError(f"{arch} with {k} classes: a segmentation graph's mask is uint8 (the contract), "
+                          "so it holds at most 256 classes")
     model, k = build_model(arch, spec, loaded, options.num_classes, options.builder_args)
     parameters = sum(p.numel() for p in model.parameters())
     # The registry's figure is the default network's: counted again where --set or K changed it.

@@ -474,3 +474,10 @@ def test_gflops_are_counted_again_for_builder_arguments(tmp_path):
     narrow = models.get_model("mobilenet_v2", width_mult=0.5).eval()
     assert result.config["gflops"] == pytest.approx(count_gflops(narrow, spec), rel=1e-3)
     assert result.config["gflops"] < spec.gflops / 2
+
+
+def test_a_segmentation_model_past_256_classes_is_refused(tmp_path):
+    """The mask is uint8: class 300 would come out as 44, and the checks would blame the graph."""
+    with pytest.raises(ExportError, match="at most 256 classes"):
+        export("enet", tmp_path, random_init=True, num_classes=300, precisions=("fp32",))
+    assert not (tmp_path / "enet").exists()
