@@ -124,6 +124,10 @@ class InputSpec(_Strict):
     dynamic_size: bool = Field(False, description="H and W of the graph are dynamic (segmentation)")
     size_multiple: int = Field(1, ge=1, description="when dynamic: the graph pads H and W to multiples of this "
                                "(v2 inputs must be multiples)")
+    crop_fraction: float | None = Field(None, gt=0, le=1, description="classifiers evaluated on centre crops: the "
+                                        "service resizes the image's shorter side to the native size / crop_fraction "
+                                        "and takes the centre at the native size (torchvision's Resize(256) + "
+                                        "CenterCrop(224): 0.875); none: the whole image resized to the native size")
 
     def accepts(self, shape: tuple[int, ...]) -> bool:
         """Whether an HxWxC input of `shape` can go to the graph as it is."""

@@ -80,7 +80,8 @@ def build_config(*, name: str, arch: str, spec: ModelSpec, num_classes: int, mod
         "version": VERSION,
         "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "channels": spec.input_channels,
                   "height": h, "width": w, "dynamic_size": TASKS[spec.task].dynamic_size,
-                  "size_multiple": int(spec.size_multiple)},
+                  "size_multiple": int(spec.size_multiple),
+                  **({"crop_fraction": spec.crop_fraction} if spec.crop_fraction else {})},
         "outputs": [o.model_dump() for o in task_outputs(
             spec.task, graph_outputs(model_dir / file_path(precisions[0])), num_classes)],
         "normalization": {"mean": [float(m) for m in spec.mean], "std": [float(s) for s in spec.std]},

@@ -229,7 +229,7 @@ def load_torchvision_state_dict(model: Inception3, state_dict: Mapping[str, Tens
 # gflops: FlopCounterMode total / 1e9 (2 flops per multiply-add; conv and linear only), 299x299, batch 1.
 @register_model(
     name="inception_v3",
-    **IMAGENET_CLASSIFIER,
+    **{**IMAGENET_CLASSIFIER, "crop_fraction": 299 / 342},  # torchvision's Resize(342) + CenterCrop(299)
     input_size=(299, 299),
     params=23_834_568,
     gflops=11.426,

@@ -35,11 +35,14 @@ class ModelSpec:
     # The model's export form: (float32 eval copy, which it may change) -> the module export wraps;
     # None: the model as it is. Written beside the model (e.g. models/enet_export.py).
     export_form: Callable[[nn.Module], nn.Module] | None = None
+    # The reference accuracy's evaluation crop: the shorter side resized to input_size / crop_fraction, then
+    # the centre input_size taken (torchvision's Resize(256) + CenterCrop(224): 0.875). None: the whole image.
+    crop_fraction: float | None = None
 
 
 # Spec fields shared by the ImageNet-1k classifiers: `@register_model(name=..., **IMAGENET_CLASSIFIER, ...)`.
 IMAGENET_CLASSIFIER = dict(task="classify", input_channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                           labels="imagenet1k", num_classes=1000)
+                           labels="imagenet1k", num_classes=1000, crop_fraction=224 / 256)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

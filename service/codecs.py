@@ -238,6 +238,23 @@ def resize_image(a: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+def crop_resize_size(height: int, width: int, image_h: int, image_w: int, fraction: float) -> tuple[int, int]:
+    """The size an image_h x image_w image is resized to before its centre height x width is cropped: the
+    aspect kept, just covering (height / fraction, width / fraction) (torchvision's Resize(256) for a
+    224 crop: the shorter side to 256)."""
+    scale = max(height / fraction / image_h, width / fraction / image_w)
+    return max(height, round(image_h * scale)), max(width, round(image_w * scale))
+
+
+def resize_center_crop(a: np.ndarray, height: int, width: int, fraction: float) -> np.ndarray:
+    """`a` resized (bilinear, antialiased) to `crop_resize_size`, then its centre height x width: the
+    evaluation crop that classifiers' reference accuracies are measured on."""
+    rh, rw = crop_resize_size(height, width, a.shape[0], a.shape[1], fraction)
+    resized = resize_image(a, rh, rw)
+    top, left = int(round((rh - height) / 2)), int(round((rw - width) / 2))
+    return np.ascontiguousarray(resized[top:top + height, left:left + width])
+
+
 def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     """Nearest-neighbour resize of an HxW class-index mask."""
     if mask.shape[0] == height and mask.shape[1] == width:

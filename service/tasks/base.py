@@ -76,8 +76,9 @@ class Task(ABC):
         return False
 
     def prepare(self, data: bytes, keep_original: bool = False) -> Prepared:
-        """Decode `data` and fit it to the model's input: resized to the native size, or, in native-size
-        mode, padded to the size multiple."""
+        """Decode `data` and fit it to the model's input: resized to the native size (or, for classifiers
+        evaluated on centre crops, `crop_fraction`, resized to cover it and its centre cropped), or, in
+        native-size mode, padded to the size multiple."""
         t0 = time.perf_counter()
         height, width, channels = self.input_shape
         max_pixels = self.settings.max_image_pixels
@@ -87,10 +88,14 @@ class Task(ABC):
             x = codecs.pad_to_multiple(image, self.config.input.size_multiple, self.pad_colour)
             valid = (image.shape[0], image.shape[1])
         else:
+            crop = self.config.input.crop_fraction
+            # a JPEG may be decoded smaller (DCT scaling), as long as it covers what is resized to
+            smallest = (height, width) if crop is None else (-int(-height // crop), -int(-width // crop))
             decoded = codecs.decode_image(data, channels=channels, max_pixels=max_pixels,
-                                          min_size=None if keep_original else (height, width))
+                                          min_size=None if keep_original else smallest)
             image = decoded.array
-            x = codecs.resize_image(image, height, width)
+            x = (codecs.resize_image(image, height, width) if crop is None
+                 else codecs.resize_center_crop(image, height, width, crop))
             valid = None
         return Prepared(array=x, key=x.shape, width=decoded.width, height=decoded.height, valid=valid,
                         original=image if keep_original else None, decode_s=time.perf_counter() - t0)

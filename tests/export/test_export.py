@@ -237,6 +237,7 @@ def test_lenet5_config_is_untrained_classification(lenet_dir):
     assert CONFIG_KEYS <= set(config)
     assert config["task"] == "classify" and "colors" not in config and "void" not in config
     assert config["input"]["dynamic_size"] is False and config["input"]["channels"] == 1
+    assert "crop_fraction" not in config["input"]  # Fashion-MNIST's 28x28 frames are resized whole
     assert config["outputs"] == [{"name": "probabilities", "dtype": "float32", "shape": ["N", 10]}]
     assert config["weights"] == {"source": None, "sha256": None, "trained": False}
     assert "metrics" not in config
@@ -474,6 +475,8 @@ def test_gflops_are_counted_again_for_builder_arguments(tmp_path):
     narrow = models.get_model("mobilenet_v2", width_mult=0.5).eval()
     assert result.config["gflops"] == pytest.approx(count_gflops(narrow, spec), rel=1e-3)
     assert result.config["gflops"] < spec.gflops / 2
+    # ImageNet classifiers record their reference's evaluation crop; the service takes it (service.tasks)
+    assert result.config["input"]["crop_fraction"] == pytest.approx(224 / 256)
 
 
 def test_a_segmentation_model_past_256_classes_is_refused(tmp_path):

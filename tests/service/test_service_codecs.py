@@ -222,3 +222,18 @@ def test_class_fractions():
     mask = np.array([[0, 0], [1, 3]], np.uint8)
     f = codecs.class_fractions(mask, ["a", "b", "c", "d"])
     assert f == {"a": 0.5, "b": 0.25, "c": 0.0, "d": 0.25}
+
+
+def test_resize_center_crop_is_the_evaluation_crop():
+    """torchvision's Resize(256) + CenterCrop(224): the shorter side to 256, the aspect kept, the centre taken."""
+    assert codecs.crop_resize_size(224, 224, 480, 640, 224 / 256) == (256, 341)
+    assert codecs.crop_resize_size(224, 224, 640, 480, 224 / 256) == (341, 256)
+    wide = np.zeros((60, 180, 3), np.uint8)
+    wide[:, 60:120] = 200  # the middle third
+    out = codecs.resize_center_crop(wide, 20, 20, 1.0)  # 60x180 -> 20x60, its middle 20x20
+    # (the antialiasing filter reaches a little past the middle third at the crop's edges)
+    assert out.shape == (20, 20, 3) and (out[:, 1:-1] == 200).all() and (out >= 150).all()
+    squashed = codecs.resize_image(wide, 20, 20)  # the whole image, squashed: the dark sides too
+    assert (squashed[:, :5] < 50).all()
+    expected = codecs.resize_image(wide, 40, 120)[10:30, 50:70]
+    assert np.array_equal(codecs.resize_center_crop(wide, 20, 20, 0.5), expected)

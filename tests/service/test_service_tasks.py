@@ -108,3 +108,18 @@ def test_native_size_pads_with_the_graphs_own_padding_colour(tiny_repo):
     assert bare_config.normalization is None
     bare = handler_for("enet-camvid", bare_config, Settings(native_size=True))
     assert np.array_equal(bare.prepare(to_png(rgb)).array[103, :130], rgb[99])
+
+
+def test_a_classifier_evaluated_on_centre_crops_gets_one(tiny_repo):
+    """ImageNet classifiers' reference accuracies are on centre crops (config `input.crop_fraction`); the
+    whole image squashed to the native size was not what their weights were scored on."""
+    config = ModelRepository(tiny_repo).entry("lenet5-fashion").config
+    h, w = config.input.height, config.input.width
+    grey = np.zeros((h * 2, w * 6), np.uint8)
+    grey[:, w * 2:w * 4] = 200  # the middle third of a wide image
+    image = to_png(grey)
+    cropped = handler_for("lenet5-fashion", config.model_copy(update={"input": config.input.model_copy(
+        update={"crop_fraction": 1.0})}), Settings()).prepare(image)
+    assert cropped.array.shape == (h, w, 1) and (cropped.array[:, 1:-1] == 200).all() and (cropped.array >= 150).all()
+    squashed = handler_for("lenet5-fashion", config, Settings()).prepare(image)
+    assert squashed.array.shape == (h, w, 1) and (squashed.array[:, :2] == 0).all()
