@@ -305,15 +305,20 @@ class Batcher:
 
     async def _collect(self) -> tuple[list[_Item], list[float]]:
         assert self._queue is not None
-        first = await self._next_first()
-        batch = [first]
-        try:
-            await self._fill(batch)
-        except asyncio.CancelledError:
-            # stopping: the items go back, so that stop() fails them instead of leaving them hanging
-            self._pending.extendleft(reversed(batch))
-            raise
-        now = time.monotonic()
+        while True:
+            first = await self._next_first()
+            batch = [first]
+            try:
+                await self._fill(batch)
+            except asyncio.CancelledError:
+                # stopping: the items go back, so that stop() fails them instead of leaving them hanging
+                self._pending.extendleft(reversed(batch))
+                raise
+            # items stay queued while the batch fills: one may have expired or been given up meanwhile
+            now = time.monotonic()
+            batch = [item for item in batch if self._live(item, now)]
+            if batch:
+                break
         for item in batch:
             self._leave_queue(item, RUNNING)
             item.started = now

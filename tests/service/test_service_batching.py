@@ -154,6 +154,25 @@ async def test_deadline_in_queue_gives_504_and_is_never_run():
         await b.stop()
 
 
+async def test_a_deadline_passing_while_the_batch_fills_is_never_run():
+    """The first item waits max_delay_ms for company (a request is announced); its deadline passes
+    meanwhile: its caller gets 504, and the batch that then goes must not run it anyway."""
+    seen: list = []
+    rec = Recorder()
+    b = await _started(Batcher("m", [doubling_runner(seen=seen)], max_batch_size=8, max_delay_ms=400,
+                               timeout_s=0.1, observer=rec))
+    try:
+        with b.announce():  # someone is on the way: the batch waits up to 400 ms for them
+            with pytest.raises(DeadlineExceeded):
+                await b.submit(item(1))
+            late = await b.submit(item(2), timeout_s=30)
+        assert (late[0] == 4).all()
+        assert seen == [[2]]  # item 1 expired at 100 ms, while its batch was filling
+        assert rec.expired_count == 1
+    finally:
+        await b.stop()
+
+
 async def test_expired_and_abandoned_requests_free_their_place_in_the_queue():
     seen: list = []
     gate = threading.Event()
