@@ -153,6 +153,9 @@ def _decode_simplejpeg(data: bytes, channels: int, max_pixels: int, min_size) ->
 
 
 _PILLOW_LIMIT_LOCK = threading.Lock()
+# max_image_pixels is the limit here, checked from the header: Pillow's warning past its own one is noise.
+# Set once, not per decode: warnings.catch_warnings() swaps process-wide state, unsafe in the codec threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _let_pillow_open(max_pixels: int) -> None:
@@ -172,13 +175,11 @@ def _let_pillow_open(max_pixels: int) -> None:
 
 def _decode_pillow(data: bytes, channels: int, max_pixels: int, fmt: str | None) -> Decoded:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
-            _check_pixels(img.width, img.height, max_pixels)
-            img = ImageOps.exif_transpose(img)  # loads the pixels (the first frame of animations)
-            img.load()
-            a = _to_array(img, channels)
+        img = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
+        _check_pixels(img.width, img.height, max_pixels)
+        img = ImageOps.exif_transpose(img)  # loads the pixels (the first frame of animations)
+        img.load()
+        a = _to_array(img, channels)
     except (PayloadTooLarge, BadImage):
         raise
     except Image.DecompressionBombError as e:
