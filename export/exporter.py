@@ -97,7 +97,13 @@ def build_model(arch: str, spec: ModelSpec, weights: Weights | None, num_classes
     except TypeError as e:
         raise ExportError(f"{arch}: its builder does not take {sorted(builder_args or {})}: {e}") from None
     if weights is not None:
-        load_into(model, weights, arch)
+        dropped = load_into(model, weights, arch)
+        if dropped and hasattr(model, "transform_input") and "transform_input" not in (builder_args or {}):
+            # torchvision's files carry the aux heads, and their weights (ported from TensorFlow) expect inputs
+            # in [-1, 1], which transform_input makes; without it the export would pass its checks and be wrong.
+            raise ExportError(f"{weights.path}: {arch} weights with auxiliary heads, as torchvision's ImageNet "
+                              "weights have, which need --set transform_input=true (as torchvision's builder sets "
+                              "it); say --set transform_input=false if these were trained without it")
     else:
         calibrate_batch_norms_(model, _random_batches(spec))
     return model.eval(), k

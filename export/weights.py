@@ -85,8 +85,9 @@ def _listing(keys: list[str]) -> str:
     return shown + (f" (+{len(keys) - MAX_KEYS_SHOWN} more)" if len(keys) > MAX_KEYS_SHOWN else "")
 
 
-def load_into(model: nn.Module, weights: Weights, arch: str) -> None:
-    """Load `weights` into `model` strictly; a mismatch is a WeightsError naming the first keys."""
+def load_into(model: nn.Module, weights: Weights, arch: str) -> list[str]:
+    """Load `weights` into `model` strictly; a mismatch is a WeightsError naming the first keys. Returns
+    the auxiliary-head keys it dropped (torchvision's GoogLeNet / Inception v3 files carry them)."""
     if weights.arch is not None and weights.arch != arch:
         raise WeightsError(f"{weights.path}: a checkpoint of {weights.arch!r}, not of {arch!r}")
     state = _strip_prefix(weights.state_dict, "module.")  # saved from DataParallel
@@ -111,3 +112,4 @@ def load_into(model: nn.Module, weights: Weights, arch: str) -> None:
     if problems:
         raise WeightsError(f"{weights.path}: does not fit {arch}: " + "; ".join(problems))
     model.load_state_dict(state, strict=False)
+    return dropped

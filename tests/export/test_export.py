@@ -311,7 +311,16 @@ def test_torchvision_aux_heads_are_dropped(tmp_path):
     state["aux2.conv.conv.weight"] = torch.zeros(128, 528, 1, 1)
     path = tmp_path / "googlenet.pth"
     torch.save(state, path)
-    load_into(model, read_weights(path), "googlenet")  # no error
+    assert sorted(load_into(model, read_weights(path), "googlenet")) == ["aux1.fc2.weight", "aux2.conv.conv.weight"]
+    # such a file is torchvision's, whose weights need transform_input: the export asks rather than guess
+    from enet_serve.export.exporter import build_model
+
+    spec = models.get_spec("googlenet")
+    with pytest.raises(ExportError, match="transform_input=true"):
+        build_model("googlenet", spec, read_weights(path), None)
+    for value in (True, False):
+        built, _ = build_model("googlenet", spec, read_weights(path), None, {"transform_input": value})
+        assert built.transform_input is value
 
 
 def test_weights_and_random_init_are_exclusive(tmp_path):
