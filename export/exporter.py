@@ -20,7 +20,7 @@ from enet_serve.export.graph import build_graph_module, cpu_rewrites_apply
 from enet_serve.export.onnx_export import OPSET, export_onnx
 from enet_serve.export.repository import (DEFAULT_REPOSITORY, FILE_NAMES, VERSION, build_config, check_name, publish, staging,
                                write_config)
-from enet_serve.export.weights import Weights, load_into, read_weights
+from enet_serve.export.weights import AUX_HEAD_PREFIXES, Weights, load_into, read_weights
 from enet_serve.model_config import TASKS
 from enet_serve.models.registry import ModelSpec, get_model, get_spec
 from enet_serve.models.weight_init import calibrate_batch_norms_
@@ -118,6 +118,12 @@ def _random_batches(spec: ModelSpec, batches: int = 1, size: int = 4):
         yield Normalize(spec)(images.permute(0, 3, 1, 2))
 
 
+def count_parameters(model: nn.Module) -> int:
+    """The parameters the graph holds: auxiliary heads (GoogLeNet / Inception v3 with --set aux_logits=true)
+    train only, and the exported graph (eval) has none of theirs."""
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith(AUX_HEAD_PREFIXES))
+
+
 def count_gflops(model: nn.Module, spec: ModelSpec) -> float:
     """Forward GFLOPs at the native size, batch 1 (torch.utils.flop_counter, as models/ counts)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -187,7 +193,7 @@ def _export(arch: str, repository: Path | None, name: str | None, options: Expor
         raise ExportError(f"{arch} with {k} classes: a segmentation graph's mask is uint8 (the contract), "
                           "so it holds at most 256 classes")
     model, k = build_model(arch, spec, loaded, options.num_classes, options.builder_args)
-    parameters = sum(p.numel() for p in model.parameters())
+    parameters = count_parameters(model)
     # The registry's figure is the default network's: counted again where --set or K changed it.
     gflops = (spec.gflops if spec.gflops > 0 and k == spec.num_classes and not options.builder_args
               else count_gflops(model, spec))

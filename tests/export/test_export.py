@@ -493,3 +493,11 @@ def test_a_segmentation_model_past_256_classes_is_refused(tmp_path):
     with pytest.raises(ExportError, match="at most 256 classes"):
         export("enet", tmp_path, random_init=True, num_classes=300, precisions=("fp32",))
     assert not (tmp_path / "enet").exists()
+
+
+def test_parameters_leave_out_the_auxiliary_heads():
+    from enet_serve.export.exporter import count_parameters
+
+    spec = models.get_spec("googlenet")
+    with_aux = models.get_model("googlenet", aux_logits=True, init_weights=False)
+    assert count_parameters(with_aux) == spec.params < sum(p.numel() for p in with_aux.parameters())
