@@ -30,9 +30,10 @@ class SegmentationAugment:
             lbl = F.interpolate(label[None, None].float(), size=(sh, sw), mode="nearest-exact")[0, 0]
         ch, cw = self.crop
         ph, pw = max(0, ch - sh), max(0, cw - sw)
-        if ph or pw:
-            img = F.pad(img, (0, pw, 0, ph), value=0.0)
-            lbl = F.pad(lbl, (0, pw, 0, ph), value=float(self.void))
+        if ph or pw:  # placed at random within the crop: padding only bottom-right pinned it to the top-left
+            top_pad, left_pad = random.randint(0, ph), random.randint(0, pw)
+            img = F.pad(img, (left_pad, pw - left_pad, top_pad, ph - top_pad), value=0.0)
+            lbl = F.pad(lbl, (left_pad, pw - left_pad, top_pad, ph - top_pad), value=float(self.void))
         top = random.randint(0, img.shape[1] - ch)
         left = random.randint(0, img.shape[2] - cw)
         img = img[:, top : top + ch, left : left + cw]

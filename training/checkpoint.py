@@ -54,12 +54,13 @@ def training_record(last: dict, epoch_shipped: int | None = None) -> dict:
 def initialisation_record(path: Path, start: dict) -> dict:
     """What a fine-tuning run records of the weights it starts from (`start`, loaded from `path`): the
     file, its epoch (counted from 1), its scores and how it was trained. Shipped weights carry that
-    record; a run's last.pt is made into one; a best.pt has none."""
+    record; a run's last.pt is made into one; a best.pt has its run's recipe only; a bare state dict none."""
     if "training" in start:
         training = start["training"]
         epoch = training.get("epoch_shipped")
     else:
-        training = training_record(start) if "history" in start else None
+        training = (training_record(start) if "history" in start else
+                    {"recipe": start["recipe"]} if "recipe" in start else None)
         epoch = start["epoch"] + 1 if "epoch" in start else None
     return {"file": str(path), "epoch": epoch, "metrics": start.get("metrics"), "training": training}
 

@@ -38,7 +38,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights-out", type=Path, help="where to write the best weights (default: models/weights/RECIPE.pth; "
                    "RUN_DIR/best.pth for a --hold-out-drive run)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="random seed (default: 0; with --resume, the run's)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.add_argument("--ship-only", action="store_true",
                    help="train nothing: write --weights-out from RUN_DIR's checkpoints (e.g. to ship an unfinished run)")
@@ -78,14 +78,21 @@ def _train(args: argparse.Namespace) -> int:
         print(f"{args.recipe}: epoch {shipped['training']['epoch_shipped']} of {shipped['training']['epochs']} "
               f"shipped to {weights_out}: {shipped['metrics']}")
         return 0
+    from enet_serve.training.run import resumed_recipe
+
     if args.recipe == "enet-camvid":
         from enet_serve.paths import DEFAULT_CAMVID
         from enet_serve.training.segmentation import SegmentationRecipe, train_segmentation
 
-        recipe = SegmentationRecipe(seed=args.seed)
+        # --resume: the run's own recipe; the options given must agree with it (TrainingRun checks)
+        saved = resumed_recipe(run_dir, SegmentationRecipe) if args.resume else None
+        recipe = saved or SegmentationRecipe()
+        if args.seed is not None:
+            recipe.seed = args.seed
         if args.epochs:
             recipe.epochs = args.epochs
-            recipe.full_epochs = min(recipe.full_epochs, max(1, args.epochs // 5))
+            if saved is None:
+                recipe.full_epochs = min(recipe.full_epochs, max(1, args.epochs // 5))
         if args.full_epochs is not None:
             recipe.full_epochs = args.full_epochs
         if args.lr:
@@ -113,7 +120,9 @@ def _train(args: argparse.Namespace) -> int:
         from enet_serve.training.classification import ClassificationRecipe, train_classification
         from enet_serve.paths import DEFAULT_FASHION_MNIST
 
-        recipe = ClassificationRecipe(seed=args.seed)
+        recipe = (resumed_recipe(run_dir, ClassificationRecipe) if args.resume else None) or ClassificationRecipe()
+        if args.seed is not None:
+            recipe.seed = args.seed
         if args.epochs:
             recipe.epochs = args.epochs
         if args.lr:

@@ -177,6 +177,9 @@ class Timing:
         return self.setup_s + crop * self.crop_s + full * self.full_s + evaluated * self.eval_s
 
 
+FRAME_PIXELS = 360 * 480  # CamVid's frames, what a whole-frame epoch trains on
+
+
 def probe(runs: list[PlannedRun], pack: Path, work: Path, device: str, stop_at: float, workers: int,
           threads: int) -> dict[str, Timing]:
     """Run PROBE_EPOCHS epochs of every run side by side (one scored each) and time them."""
@@ -191,12 +194,20 @@ def probe(runs: list[PlannedRun], pack: Path, work: Path, device: str, stop_at: 
         history, wall_time = _history(run.run_dir)
         if not history:
             raise RuntimeError(f"probe of {run.name} trained no epoch: {_log_tail(run.run_dir)}")
-        crop = [h for h in history if h["crop"] != history[-1]["crop"]] or history
-        full = [h for h in history if h["crop"] == history[-1]["crop"]]
-        evals = [h["eval_seconds"] for h in history if "eval_seconds" in h]
-        timings[run.name] = Timing(crop_s=crop[-1]["seconds"], full_s=full[-1]["seconds"], eval_s=max(evals[1:] or evals or [0.0]),
-                                   setup_s=max(0.0, ended[run.name]["wall_s"] - wall_time))
+        timings[run.name] = probe_timing(history, tuple(recipe.crop), ended[run.name]["wall_s"] - wall_time)
     return timings
+
+
+def probe_timing(history: list[dict], crop: tuple[int, int], setup_s: float) -> Timing:
+    """A probe's epoch costs from its history. A probe stopped before its whole-frame epochs has its
+    whole-frame epoch priced from its crop epochs by their pixels (a crop epoch's cost would plan
+    epochs past the budget, and every run would be cut before its last, whole-frame ones)."""
+    crops = [h for h in history if tuple(h["crop"]) == crop]
+    fulls = [h for h in history if tuple(h["crop"]) != crop]
+    crop_s = (crops or history)[-1]["seconds"]
+    full_s = fulls[-1]["seconds"] if fulls else crop_s * FRAME_PIXELS / (crop[0] * crop[1])
+    evals = [h["eval_seconds"] for h in history if "eval_seconds" in h]
+    return Timing(crop_s=crop_s, full_s=full_s, eval_s=max(evals[1:] or evals or [0.0]), setup_s=max(0.0, setup_s))
 
 
 def plan_epochs(runs: list[PlannedRun], timings: dict[str, Timing], seconds: float, max_epochs: int,

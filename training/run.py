@@ -12,6 +12,40 @@ from enet_serve.training.checkpoint import load_checkpoint, save_atomic
 from enet_serve.training.common import restore_rng, rng_state
 
 
+# What a resumed run may change: when it is scored, and its length (--epochs, said on the command line,
+# which the record keeps, as the history keeps each epoch's learning rate); not what it trains on or how.
+RESUME_MAY_CHANGE = frozenset({"eval_every", "epochs"})
+
+
+def _same(a, b) -> bool:
+    return (tuple(a) if isinstance(a, list) else a) == (tuple(b) if isinstance(b, list) else b)
+
+
+def check_same_recipe(saved: dict | None, given: dict, path: Path) -> None:
+    """Refuse to resume the run in `path` under another recipe: a held-out drive left out of the command
+    would be trained on, another --epochs would bend the schedule mid-run, and the record would describe
+    neither run (ValueError naming the fields)."""
+    if saved is None:
+        return
+    differ = [f"{k} {saved.get(k)!r} -> {given.get(k)!r}" for k in sorted(set(saved) | set(given))
+              if k not in RESUME_MAY_CHANGE and not _same(saved.get(k), given.get(k))]
+    if differ:
+        raise ValueError(f"{path}: --resume continues that run with its own recipe; this command changes "
+                         f"{'; '.join(differ)} (leave those options out, or start another --run-dir)")
+
+
+def resumed_recipe(run_dir: Path, recipe_class):
+    """The recipe of the run in `run_dir` (from its last.pt), as `recipe_class`; None where there is none."""
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        return None
+    saved = load_checkpoint(path).get("recipe")
+    if saved is None:
+        return None
+    fields = {f.name for f in dataclasses.fields(recipe_class)}
+    return recipe_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields})
+
+
 class TrainingRun:
     """`run_dir/last.pt` (everything --resume needs), `best.pt` (the best-scoring epoch's weights and
     scores) and `history.jsonl` (one line per epoch). A missing checkpoint fails at construction,
@@ -30,6 +64,8 @@ class TrainingRun:
                 raise FileExistsError(f"{run_dir} holds an earlier run ({', '.join(earlier)}): --resume continues it, "
                                       "another --run-dir starts a new one")
         self._state = load_checkpoint(self.last_path) if resume else None
+        if self._state is not None:
+            check_same_recipe(self._state.get("recipe"), dataclasses.asdict(recipe), self.last_path)
         # The weights a fine-tuning run started from, with their own training record (kept on --resume).
         self.init_record = (self._state or {}).get("init_from") or init_record
         self.start_epoch, self.best_score, self.history, self.wall_time_s = 0, float("-inf"), [], 0.0
@@ -59,8 +95,9 @@ class TrainingRun:
     def end_epoch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, entry: dict, started: float,
                   score: float | None = None, metrics: dict | None = None) -> None:
         """Record an epoch: best.pt when `score` beats the best so far, then last.pt and the history."""
+        # the recipe in best.pt too: a fine-tune started from it must know which drives it trained on
         common = {"arch": self.recipe.arch, "num_classes": self.num_classes, "model": model.state_dict(),
-                  "epoch": entry["epoch"], "metrics": metrics}
+                  "epoch": entry["epoch"], "metrics": metrics, "recipe": dataclasses.asdict(self.recipe)}
         if score is not None and score > self.best_score:
             self.best_score = score
             save_atomic(common, self.best_path)
@@ -68,7 +105,7 @@ class TrainingRun:
         self.history.append(entry)
         save_atomic({**common, "optimizer": optimizer.state_dict(), "best_score": self.best_score,
                      "history": self.history, "wall_time_s": self.wall_time_s, **rng_state(),
-                     "recipe": dataclasses.asdict(self.recipe), "commands": self.commands, "init_from": self.init_record,
+                     "commands": self.commands, "init_from": self.init_record,
                      "hardware": self.hardware,
                      "extra_modules": {name: m.state_dict() for name, m in self.extra_modules.items()}}, self.last_path)
         with open(self.run_dir / "history.jsonl", "a") as f:

@@ -98,8 +98,12 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
     head = EncoderHead(model, CAMVID_NUM_CLASSES).to(dev) if recipe.encoder_epochs else None
     start = load_checkpoint(init_from) if init_from is not None else None
     init_record = initialisation_record(init_from, start) if start is not None else None
-    if init_record is not None and recipe.hold_out_drive and init_record["training"] is not None:
+    if init_record is not None and recipe.hold_out_drive:
         # an estimate of both steps is only held out if the first step held the same drive out
+        if init_record["training"] is None:
+            raise ValueError(f"--init-from {init_from}: nothing in that file says which drives its weights trained on "
+                             f"(a run's last.pt or best.pt and shipped weights do), so a fine-tune holding "
+                             f"{recipe.hold_out_drive} out could score frames they trained on")
         source_drive = held_out_drive_of(init_record)
         if source_drive != recipe.hold_out_drive:
             held = f"held out {source_drive} only" if source_drive else "held out no drive"

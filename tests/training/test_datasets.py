@@ -133,3 +133,22 @@ def test_segmentation_augment_pads_with_void():
     image = torch.zeros(3, 16, 16, dtype=torch.uint8)
     img, lbl = SegmentationAugment(crop=(32, 32), scale=(1.0, 1.0), jitter=0.0, void=11)(image, image[0])
     assert (lbl == 11).sum() == 32 * 32 - 16 * 16
+
+
+def test_a_scaled_down_frame_lands_anywhere_in_its_crop():
+    """Shrunk below the crop (random scale < 1 in whole-frame epochs), the frame is padded with void around a
+    random place, not always bottom-right of it: the model would otherwise see small frames top-left only."""
+    import random
+
+    random.seed(0)
+    image = torch.full((3, 40, 60), 200, dtype=torch.uint8)
+    label = torch.zeros(40, 60, dtype=torch.uint8)
+    aug = SegmentationAugment(crop=(40, 60), scale=(0.5, 0.5), jitter=0.0, void=11)
+    corners = set()
+    for _ in range(20):
+        img, lbl = aug(image, label)
+        assert img.shape == (3, 40, 60) and int((lbl == 0).sum()) == 20 * 30  # the frame, the rest void
+        rows, cols = torch.nonzero(lbl == 0, as_tuple=True)
+        corners.add((int(rows.min()), int(cols.min())))
+        assert (img[:, lbl == 0] == 200).all() and (img[:, lbl == 11] == 0).all()
+    assert len(corners) > 5  # before: always (0, 0)

@@ -1,4 +1,5 @@
 """A few real training steps on a tiny subset: the loss goes down and --resume continues."""
+import dataclasses
 import json
 
 import pytest
@@ -169,3 +170,32 @@ def test_rng_state_round_trips_every_generator_cuda_included(monkeypatch):
     again = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(expected[0], again[0]) and expected[1:] == again[1:]
     assert restored == [cuda_state]
+
+
+@needs_camvid
+def test_resume_keeps_the_runs_recipe_and_best_pt_says_what_it_trained_on(tmp_path, capsys):
+    from enet_serve.training.run import resumed_recipe
+
+    torch.set_num_threads(2)
+    recipe = SegmentationRecipe(epochs=2, full_epochs=0, crop=(96, 128), batch_size=4, train_split="train+val",
+                                hold_out_drive="0001TP", eval_every=100)
+    run = tmp_path / "run"
+    train_segmentation(DEFAULT_CAMVID, run, recipe, limit=4, progress=False, device="cpu")
+    # --resume continues with the run's own recipe, whatever options the command leaves out ...
+    assert resumed_recipe(run, SegmentationRecipe) == recipe
+    # ... and refuses options that change what it trains on (left out, the held-out drive was trained on)
+    with pytest.raises(ValueError, match="hold_out_drive '0001TP' -> None; train_split 'train\\+val' -> 'train'"):
+        train_segmentation(DEFAULT_CAMVID, run, dataclasses.replace(recipe, hold_out_drive=None, train_split="train"),
+                           resume=True, limit=4, progress=False, device="cpu")
+    assert main(["train", "enet-camvid", "--resume", "--run-dir", str(run), "--jitter", "0.3", "--no-progress"]) == 2
+    assert "jitter 0.0 -> 0.3" in capsys.readouterr().out
+    # best.pt records the recipe: a fine-tune holding out a drive its weights trained on is refused, as from last.pt
+    held_0006 = dataclasses.replace(recipe, hold_out_drive="0006R0", epochs=1)
+    with pytest.raises(ValueError, match="trained on drive 0006R0 \\(held out 0001TP only\\)"):
+        train_segmentation(DEFAULT_CAMVID, tmp_path / "ft", held_0006, limit=4, progress=False, device="cpu",
+                           init_from=run / "best.pt")
+    # weights that say nothing of their training cannot start a held-out fine-tune
+    torch.save({"arch": "enet", "num_classes": 11, "model": load_checkpoint(run / "best.pt")["model"]}, tmp_path / "bare.pt")
+    with pytest.raises(ValueError, match="nothing in that file says which drives"):
+        train_segmentation(DEFAULT_CAMVID, tmp_path / "ft", held_0006, limit=4, progress=False, device="cpu",
+                           init_from=tmp_path / "bare.pt")

@@ -288,3 +288,14 @@ def test_augmentation_scales_and_jitters_the_image_but_only_scales_the_label():
     img, lbl = SegmentationAugment(crop=(24, 32), scale=(1.0, 1.0), jitter=0.3)(image, label)
     assert torch.equal(lbl, label) or torch.equal(lbl, label.flip(-1))  # jitter leaves labels alone
     assert not torch.equal(img, image) and not torch.equal(img, image.flip(-1))
+
+
+def test_a_probe_cut_before_its_whole_frame_epochs_prices_them_by_their_pixels():
+    from enet_serve.training.kit import FRAME_PIXELS, probe_timing
+
+    crop_epochs = [{"epoch": 0, "crop": [288, 384], "seconds": 6.0, "eval_seconds": 3.0},
+                   {"epoch": 1, "crop": [288, 384], "seconds": 5.0, "eval_seconds": 2.0}]
+    cut = probe_timing(crop_epochs, (288, 384), 21.0)
+    assert cut.crop_s == 5.0 and cut.full_s == pytest.approx(5.0 * FRAME_PIXELS / (288 * 384)) and cut.eval_s == 2.0
+    whole = probe_timing(crop_epochs + [{"epoch": 2, "crop": [360, 480], "seconds": 9.0}], (288, 384), 21.0)
+    assert whole.crop_s == 5.0 and whole.full_s == 9.0 and whole.setup_s == 21.0
