@@ -135,17 +135,20 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
     run.restore(model, optimizer)
     bar = tqdm(range(run.start_epoch, recipe.epochs), desc=f"{recipe.arch} camvid", initial=run.start_epoch,
                total=recipe.epochs, disable=not progress)
-    last_epoch = None  # (seconds, pixels per frame) of the last epoch, to tell whether the next fits before stop_at
+    # (training seconds, pixels per frame) of the last epoch and the last scoring's seconds: whether the next
+    # epoch, scored or not, fits before stop_at
+    last_epoch, last_eval_s = None, 0.0
     loaders: dict[tuple[int, int], DataLoader] = {}
     for epoch in bar:
         t0 = time.time()
         full = epoch >= recipe.epochs - recipe.full_epochs
         crop = tuple(train_set.images[0].shape[-2:]) if full else tuple(recipe.crop)
+        encoder_stage = epoch < recipe.encoder_epochs
+        scoring = not encoder_stage and ((epoch + 1) % recipe.eval_every == 0 or full or epoch == recipe.epochs - 1)
         if stop_at is not None and last_epoch is not None and \
-                t0 + last_epoch[0] * max(1.0, crop[0] * crop[1] / last_epoch[1]) > stop_at:
+                t0 + last_epoch[0] * max(1.0, crop[0] * crop[1] / last_epoch[1]) + scoring * last_eval_s > stop_at:
             print(f"{run_dir}: stopped before epoch {epoch + 1} of {recipe.epochs} (time is up); --resume continues")
             break
-        encoder_stage = epoch < recipe.encoder_epochs
         train_set.transform = SegmentationAugment(crop, recipe.scale, recipe.jitter, void=CAMVID_VOID)
         if crop not in loaders:  # one per crop size: worker processes keep the transform they started with
             loaders[crop] = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True,
@@ -176,18 +179,20 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
         if encoder_stage:
             entry["stage"] = "encoder"
         score = metrics = None
-        if not encoder_stage and ((epoch + 1) % recipe.eval_every == 0 or full or epoch == recipe.epochs - 1):
+        trained_s = time.time() - t0
+        if scoring:
             predict = torch_predictor(model, normalize, dev)
             eval_batch = 16 if dev.type == "cuda" else 4
             t_eval = time.time()
             metrics = {k: evaluate_segmentation(predict, ds, batch_size=eval_batch).summary(labels) for k, ds in scored.items()}
-            entry["eval_seconds"] = round(time.time() - t_eval, 2)
+            last_eval_s = time.time() - t_eval
+            entry["eval_seconds"] = round(last_eval_s, 2)
             if held_out:
                 metrics["held_out"]["drive"] = recipe.hold_out_drive
             entry.update(metrics)
             score = metrics[select]["mIoU"] if select else None
         run.end_epoch(model, optimizer, entry, t0, score, metrics)
-        last_epoch = (time.time() - t0, crop[0] * crop[1])
+        last_epoch = (trained_s, crop[0] * crop[1])
         bar.set_postfix(loss=f"{entry['loss']:.3f}", miou=f"{run.best_score:.1f}")
 
     if weights_out is not None and (run.best_path.is_file() or select is None):
