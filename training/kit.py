@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import shlex
 import sys
@@ -151,14 +152,21 @@ def run_side_by_side(runs: list[PlannedRun], pack: Path, device: str, stop_at: f
         process = context.Process(target=_worker, args=(spec,), name=run.name)
         process.start()
         processes[run.name] = (process, time.time())
-    ended = {}
-    for name, (process, started) in processes.items():
-        process.join(timeout=max(0.0, kill_at - time.time()))
-        if process.is_alive():  # past the hard deadline: its last.pt is what it leaves
-            process.terminate()
-            process.join(10)
+    # Each run's end is taken when it ends (joined in turn, an early one got the end of those before it).
+    ended, waiting = {}, dict(processes)
+    while waiting and time.time() < kill_at:
+        done = multiprocessing.connection.wait([p.sentinel for p, _ in waiting.values()], timeout=kill_at - time.time())
+        now = time.time()
+        for name, (process, started) in list(waiting.items()):
+            if process.sentinel in done:
+                process.join()
+                ended[name] = {"exit_code": process.exitcode, "wall_s": round(now - started, 1)}
+                del waiting[name]
+    for name, (process, started) in waiting.items():  # past the hard deadline: its last.pt is what it leaves
+        process.terminate()
+        process.join(10)
         ended[name] = {"exit_code": process.exitcode, "wall_s": round(time.time() - started, 1)}
-    return ended
+    return {name: ended[name] for name in processes}
 
 
 @dataclasses.dataclass
