@@ -1,6 +1,7 @@
 """Checkpoints: the whole training state each epoch (for --resume) and the shipped weights file."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -71,7 +72,11 @@ def held_out_drive_of(record: dict) -> str | None:
 
 
 def held_out_estimate(run_dir: Path) -> dict:
-    """The held-out-drive score of a run: its best epoch on the drive it never trained on."""
+    """The held-out-drive score of a run: its best epoch on the drive it never trained on. `run_dir` may
+    also be the record `save_held_out_estimate` wrote of a run (a JSON file), for a model trained after
+    the run directory is gone."""
+    if Path(run_dir).is_file():
+        return read_held_out_record(Path(run_dir))
     last = load_checkpoint(run_dir / "last.pt")
     drive = last["recipe"].get("hold_out_drive")
     if not drive:
@@ -89,3 +94,25 @@ def held_out_estimate(run_dir: Path) -> dict:
     if "held_out" in final:
         estimate["last_epoch"] = {"epoch": final["epoch"] + 1, "held_out": final["held_out"], "val": final.get("val")}
     return estimate
+
+
+HELD_OUT_RECORD = "enet-serve held-out estimate"
+
+
+def save_held_out_estimate(run_dir: Path, path: Path) -> dict:
+    """Write `run_dir`'s held-out estimate to `path` (JSON): run directories are not kept in the repository,
+    the record is, and `--held-out-run` takes it in their place. Returns the estimate."""
+    estimate = held_out_estimate(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": HELD_OUT_RECORD, "estimate": estimate}, indent=1) + "\n")
+    return estimate
+
+
+def read_held_out_record(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a held-out estimate record ({e})") from None
+    if not isinstance(record, dict) or record.get("format") != HELD_OUT_RECORD or "drive" not in record.get("estimate", {}):
+        raise ValueError(f"{path}: not a held-out estimate record (write one with --save-estimate)")
+    return record["estimate"]

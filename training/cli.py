@@ -43,7 +43,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ship-only", action="store_true",
                    help="train nothing: write --weights-out from RUN_DIR's checkpoints (e.g. to ship an unfinished run)")
     p.add_argument("--held-out-run", type=Path, action="append", default=[], metavar="RUN_DIR",
-                   help="with --ship-only: record this held-out-drive run's score as the estimate on unseen streets")
+                   help="with --ship-only: record this held-out-drive run's score as the estimate on unseen streets "
+                   "(a run directory, or the record --save-estimate wrote of one)")
+    p.add_argument("--save-estimate", type=Path, metavar="FILE",
+                   help="train nothing: write RUN_DIR's held-out estimate to FILE (JSON), a record --held-out-run "
+                   "takes in place of the run directory (commit it: run directories are not kept)")
     p.add_argument("--score-on", type=Path, metavar="DIR",
                    help="enet-camvid, with --ship-only: re-score the shipped epoch (val) and the held-out runs on this "
                    "CamVid directory's original frames (for runs trained on a JPEG pack: then `eval` reproduces them)")
@@ -65,6 +69,14 @@ def _train(args: argparse.Namespace) -> int:
     # a held-out-drive run measures a recipe: it never replaces the shipped weights unless told to
     held_out_run = args.hold_out_drive and not args.ship_only
     weights_out = args.weights_out or (run_dir / "best.pth" if held_out_run else WEIGHTS_DIR / f"{args.recipe}.pth")
+    if args.save_estimate:
+        from enet_serve.training.checkpoint import save_held_out_estimate
+
+        estimate = save_held_out_estimate(run_dir, args.save_estimate)
+        last = estimate.get("last_epoch", {}).get("held_out", {}).get("mIoU")
+        print(f"{run_dir}: held-out estimate on {estimate['drive']} (best {estimate['held_out']['mIoU']}, "
+              f"last epoch {last}) written to {args.save_estimate}")
+        return 0
     if args.ship_only:
         from enet_serve.training.checkpoint import ship_weights
 

@@ -37,6 +37,9 @@ def rescore_shipped(weights: Path, data: Path, held_out_runs: list[Path] = ()) -
     if len(estimates) != len(held_out_runs):
         raise ValueError(f"{weights}: {len(estimates)} held-out estimates recorded, but {len(held_out_runs)} runs given")
     for estimate, run_dir in zip(estimates, held_out_runs):
+        if Path(run_dir).is_file():
+            raise ValueError(f"{run_dir}: a record of a held-out run keeps its scores, not its weights, so it cannot "
+                             "be re-scored; give the run directory")
         drive = (estimate["drive"],)
         for key, checkpoint in (("best", run_dir / "best.pt"), ("last_epoch", run_dir / "last.pt")):
             state = load_checkpoint(checkpoint)

@@ -95,6 +95,14 @@ def test_enet_held_out_drive_picks_and_records_the_unseen_drive(tmp_path):
     assert estimate["drive"] == "0006R0" and estimate["recipe"]["hold_out_drive"] == "0006R0"
     assert estimate["held_out"]["mIoU"] == load_checkpoint(tmp_path / "held" / "best.pt")["metrics"]["held_out"]["mIoU"]
     assert "initialised_from" not in estimate
+    # the run directory is not kept: its record (--save-estimate) stands in for it, the same estimate
+    assert main(["train", "enet-camvid", "--run-dir", str(tmp_path / "held"),
+                 "--save-estimate", str(tmp_path / "held.json")]) == 0
+    from_record = ship_weights(tmp_path / "all", tmp_path / "all-2.pth", pick="last", held_out_runs=[tmp_path / "held.json"])
+    assert from_record["training"]["held_out_estimates"] == [json.loads(json.dumps(estimate))]
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a held-out estimate record"):
+        ship_weights(tmp_path / "all", tmp_path / "all-3.pth", pick="last", held_out_runs=[tmp_path / "other.json"])
 
     # a held-out fine-tune of that run: its estimate names the weights the fine-tune started from
     recipe = SegmentationRecipe(epochs=1, full_epochs=0, crop=(96, 128), batch_size=4, train_split="train+val",
