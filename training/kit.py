@@ -202,7 +202,7 @@ def probe(runs: list[PlannedRun], pack: Path, work: Path, device: str, stop_at: 
         history, wall_time = _history(run.run_dir)
         if not history:
             raise RuntimeError(f"probe of {run.name} trained no epoch: {_log_tail(run.run_dir)}")
-        timings[run.name] = probe_timing(history, tuple(recipe.crop), ended[run.name]["wall_s"] - wall_time)
+        timings[run.name] = probe_timing(history, tuple(run.recipe.crop), ended[run.name]["wall_s"] - wall_time)
     return timings
 
 
