@@ -22,9 +22,9 @@ def _same(a, b) -> bool:
 
 
 def check_same_recipe(saved: dict | None, given: dict, path: Path) -> None:
-    """Refuse to resume the run in `path` under another recipe: a held-out drive left out of the command
-    would be trained on, another --epochs would bend the schedule mid-run, and the record would describe
-    neither run (ValueError naming the fields)."""
+    """Refuse to resume the run in `path` under another recipe (but RESUME_MAY_CHANGE): a held-out drive left
+    out of the command would be trained on, and the record would describe another run (ValueError naming
+    the fields)."""
     if saved is None:
         return
     differ = [f"{k} {saved.get(k)!r} -> {given.get(k)!r}" for k in sorted(set(saved) | set(given))
