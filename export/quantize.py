@@ -214,9 +214,10 @@ def gate(fp32_path: Path, int8_path: Path, spec: ModelSpec, trained: bool) -> li
                                f"{str(e).splitlines()[0][:300]}") from None
     results = [_contract(int8, fp32)]
     if results[-1].passed:
-        if trained and gateable(spec) and spec.task == "segment":
+        gated = trained and gateable(spec)  # reads the data set's listing and an image: once
+        if gated and spec.task == "segment":
             results += _segment_gate(fp32, int8, spec)
-        elif trained and gateable(spec):
+        elif gated:
             results.append(_classify_gate(fp32, int8, spec))
         else:
             results.append(_untrained_answer(fp32, int8, spec, trained))
