@@ -15,13 +15,13 @@ from fastapi.responses import Response
 from enet_serve.service import v2_codec
 from enet_serve.service._version import __version__
 from enet_serve.service.api.deps import ModelDep, ServerDep, SettingsDep, read_body, require_api_key
-from enet_serve.service.errors import ModelNotFound, NotReady
+from enet_serve.service.errors import V2_ROOT, ModelNotFound, NotReady
 from enet_serve.service.schemas import (V2_ERROR_RESPONSES, V2InferRequest, V2InferResponse, V2ModelMetadata,
                                         V2ServerMetadata)
 from enet_serve.service.server import LoadedModel
 
-router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
-secured = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix=V2_ROOT, tags=["v2 (Open Inference Protocol)"])
+secured = APIRouter(prefix=V2_ROOT, tags=["v2 (Open Inference Protocol)"], dependencies=[Depends(require_api_key)])
 
 MODEL = "/models/{name}"
 VERSIONED = "/models/{name}/versions/{version}"
