@@ -22,8 +22,9 @@ compare the result with the original model.
   models/enet_export.py: no MaxUnpool, no indices, the head as a 1x1 convolution). Its optional
   hooks: `graph_scores(x)`, the class scores on axis 1 in any layout; `scores_to_image(t)`, that
   layout back to (N, C, H, W); `graph_logits(logits)`, PyTorch's logits in that layout (checks).
-- Conv2d -> BatchNorm2d pairs in a Sequential, and ConvTranspose2d -> BatchNorm2d, folded into one
-  convolution (in float32, also for FP16 graphs, where the exporter would fold them in float16).
+- Conv2d -> BatchNorm2d pairs (neighbours in a Sequential, or the pairs a block declares in
+  `conv_bn_pairs`: models/folding.py) and ConvTranspose2d -> BatchNorm2d, folded into one convolution
+  in float32, also for FP16 graphs, where the exporter's constant folding would fold them in float16.
 - CPU graphs (`fp32`) only: `nn.PReLU` -> `ExportPReLU`, prelu(x) = x + (1 - a) relu(-x) as a
   depthwise 1x1 convolution with a fused ReLU and an Add, which onnxruntime's CPU provider keeps in
   its blocked NCHWc layout (PRelu is not an NCHWc op: a layout reorder before and after each; see

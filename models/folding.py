@@ -15,16 +15,26 @@ def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fold_conv_bn(model: nn.Module) -> None:
-    """Fold Conv2d -> BatchNorm2d pairs that follow each other in a Sequential (eval mode), in place."""
+    """Fold each convolution -> BatchNorm2d pair into the convolution (eval mode, in place, in the
+    model's dtype: call it on a float32 copy). The pairs are neighbours in a Sequential, and the
+    (conv, bn) attribute names a block lists in its class attribute `conv_bn_pairs`, which it declares
+    only where its forward computes bn(conv(x)) with nothing in between. A block standing for a
+    convolution (e.g. a separable one) names its last Conv2d in `bn_folds_into`."""
     for module in model.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        children = list(module.named_children())
-        for (name_a, a), (name_b, b) in zip(children, children[1:]):
-            if (type(a) is nn.Conv2d and type(b) is nn.BatchNorm2d and b.track_running_stats
-                    and b.running_mean is not None and a.out_channels == b.num_features):
-                setattr(module, name_a, torch.nn.utils.fusion.fuse_conv_bn_eval(a, b))
-                setattr(module, name_b, nn.Identity())
+        if isinstance(module, nn.Sequential):
+            names = [name for name, _ in module.named_children()]
+            pairs = list(zip(names, names[1:]))
+        else:
+            pairs = getattr(type(module), "conv_bn_pairs", ())
+        for conv_name, bn_name in pairs:
+            owner, conv, bn = module, getattr(module, conv_name), getattr(module, bn_name)
+            if getattr(type(conv), "bn_folds_into", None):
+                owner, conv_name = conv, type(conv).bn_folds_into
+                conv = getattr(owner, conv_name)
+            if (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats
+                    and bn.running_mean is not None and conv.out_channels == bn.num_features):
+                setattr(owner, conv_name, torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn))
+                setattr(module, bn_name, nn.Identity())
 
 
 class ConvTransposeBN(nn.Module):

@@ -37,6 +37,8 @@ class GoogLeNetOutputs(NamedTuple):
 class BasicConv2d(nn.Module):
     """Convolution (no bias), batch norm (eps 1e-3), ReLU."""
 
+    conv_bn_pairs = (("conv", "bn"),)  # for the export's folding (models/folding.py)
+
     def __init__(self, in_channels: int, out_channels: int, **kwargs) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)

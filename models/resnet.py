@@ -26,6 +26,7 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 
 class BasicBlock(nn.Module):
     expansion = 1
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))  # for the export's folding (models/folding.py)
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
         super().__init__()
@@ -45,6 +46,7 @@ class BasicBlock(nn.Module):
 
 class Bottleneck(nn.Module):
     expansion = 4
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
         super().__init__()
@@ -66,6 +68,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
+    conv_bn_pairs = (("conv1", "bn1"),)
     def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], num_classes: int = 1000,
                  zero_init_residual: bool = False) -> None:
         super().__init__()

@@ -21,6 +21,8 @@ from enet_serve.models.weight_init import kaiming_init_
 class SeparableConv2d(nn.Module):
     """Depthwise k x k convolution, then pointwise 1x1 convolution; no bias, no activation in between."""
 
+    bn_folds_into = "pointwise"  # a batch norm after it folds into its last convolution (models/folding.py)
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
         super().__init__()
         self.depthwise = nn.Conv2d(in_channels, in_channels, kernel_size, padding=kernel_size // 2,

@@ -179,6 +179,27 @@ def test_export_time_swaps_compute_the_same_as_enet():
     assert ((a - b).abs() < 1e-4).float().mean() >= 0.99
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "googlenet", "inception_v3", "xception", "mobilenet_v2"])
+def test_every_batch_norm_is_folded_in_float32_before_export(arch):
+    """Batch norms beside their convolution as attributes (ResNet's blocks, BasicConv2d, Xception's
+    separable convolutions), not only in a Sequential, are folded in float32: left to the exporter,
+    an FP16 graph folded them in float16. The folded model computes the same logits."""
+    torch.manual_seed(0)
+    model = models.get_model(arch).eval()
+    for m in model.modules():  # statistics away from identity, so that a wrong fold shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    swapped = swap_for_export(model, models.get_spec(arch))
+    assert not [n for n, m in swapped.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        a, b = model(x), swapped(x)
+    assert torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max()))
+
+
 def test_export_prelu_is_exact_for_any_slope():
     prelu = torch.nn.PReLU(4)
     prelu.weight.data = torch.tensor([0.25, -0.5, 1.0, 3.0])  # includes slopes > 1 (second formulation)
