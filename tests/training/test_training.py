@@ -196,7 +196,7 @@ def test_resume_keeps_the_runs_recipe_and_best_pt_says_what_it_trained_on(tmp_pa
         train_segmentation(DEFAULT_CAMVID, run, dataclasses.replace(recipe, hold_out_drive=None, train_split="train"),
                            resume=True, limit=4, progress=False, device="cpu")
     assert main(["train", "enet-camvid", "--resume", "--run-dir", str(run), "--jitter", "0.3", "--no-progress"]) == 2
-    assert "jitter 0.0 -> 0.3" in capsys.readouterr().out
+    assert "jitter 0.2 -> 0.3" in capsys.readouterr().out
     # best.pt records the recipe: a fine-tune holding out a drive its weights trained on is refused, as from last.pt
     held_0006 = dataclasses.replace(recipe, hold_out_drive="0006R0", epochs=1)
     with pytest.raises(ValueError, match="trained on drive 0006R0 \\(held out 0001TP only\\)"):

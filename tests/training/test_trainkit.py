@@ -169,6 +169,10 @@ def test_the_winner_is_set_beside_the_weights_shipped_now_on_the_same_drives(tmp
     torch.save({"training": {"held_out_estimates": [_estimate("0006R0", 36.0), _estimate("0001TP", 26.0)]}}, weights)
     assert shipped_estimates(weights) == {"0006R0": 36.0, "0001TP": 26.0}
     assert shipped_estimates(tmp_path / "none.pth") == {}
+    seeds = tmp_path / "two-seeds.pth"  # a drive held out at two seeds: their mean
+    torch.save({"training": {"held_out_estimates": [_estimate("0006R0", 36.0), _estimate("0001TP", 26.0),
+                                                    _estimate("0001TP", 17.0)]}}, seeds)
+    assert shipped_estimates(seeds) == {"0006R0": 36.0, "0001TP": 21.5}
 
     def summary(drives, scores):
         runs = {f"w--without-{d}": {"held_out_drive": d, "held_out_last": m, "epochs_done": 9, "epochs": 9}
