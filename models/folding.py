@@ -24,12 +24,12 @@ def fold_conv_bn(model: nn.Module) -> None:
         if isinstance(module, nn.Sequential):
             names = [name for name, _ in module.named_children()]
             pairs = list(zip(names, names[1:]))
-        else:
-            pairs = getattr(type(module), "conv_bn_pairs", ())
+        else:  # the class's own declaration: a subclass may have changed the forward
+            pairs = type(module).__dict__.get("conv_bn_pairs", ())
         for conv_name, bn_name in pairs:
             owner, conv, bn = module, getattr(module, conv_name), getattr(module, bn_name)
-            if getattr(type(conv), "bn_folds_into", None):
-                owner, conv_name = conv, type(conv).bn_folds_into
+            if type(conv).__dict__.get("bn_folds_into"):
+                owner, conv_name = conv, type(conv).__dict__["bn_folds_into"]
                 conv = getattr(owner, conv_name)
             if (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats
                     and bn.running_mean is not None and conv.out_channels == bn.num_features):

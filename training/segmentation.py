@@ -1,11 +1,11 @@
 """ENet on CamVid: the training loop (recipe `enet-camvid`) and its evaluation.
 
 The recipe follows the public PyTorch reimplementation that reached 65.2 val mIoU (Adam, lr 5e-4,
-weight decay 2e-4, batch 10, ENet's class weights, void ignored) with two changes for a 2-core
-CPU: most epochs train on random crops (`crop`, at the images' own scale, so objects keep the
-size they have at test time) with horizontal flips, and the last `full_epochs` on whole 360x480
-frames; the learning rate follows a cosine from lr to lr/100 over all epochs. With `encoder_epochs`
-the schedule has ENet's two stages: first the encoder alone on 1/8-size labels (training/encoder_stage.py),
+weight decay 2e-4, batch 10, ENet's class weights, void ignored) with changes for a 2-core CPU
+and for streets it never saw: most epochs train on random crops (`crop`) and the last `full_epochs`
+on whole 360x480 frames, each after a random scale (0.75-1.25), colour jitter and a horizontal
+flip; the learning rate follows a cosine from lr to lr/100 over all epochs. With `encoder_epochs` the
+schedule has ENet's two stages: first the encoder alone on 1/8-size labels (training/encoder_stage.py),
 then the whole network, each stage with its own cosine.
 """
 from __future__ import annotations
