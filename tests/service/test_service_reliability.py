@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -344,6 +345,14 @@ async def _call(app, path: str, body: bytes, disconnect: asyncio.Event, more_bod
     return sent
 
 
+async def _until(condition, what: str, timeout: float = 5.0) -> None:
+    """Wait for `condition()` (a fixed sleep was too short once, on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        await asyncio.sleep(0.01)
+
+
 async def test_disconnected_client_is_never_run(serve, monkeypatch):
     gate, ran = _gate_sessions(monkeypatch)
     gate.set()
@@ -352,12 +361,11 @@ async def test_disconnected_client_is_never_run(serve, monkeypatch):
     ran.clear()  # the warm-up's
     img = to_png(random_rgb(5, 32, 32))
     stay, leave = asyncio.Event(), asyncio.Event()
-    running = asyncio.ensure_future(_call(c.app, "/segment?format=png", img, stay))  # runs (blocked by the gate)
-    await asyncio.sleep(0.2)
-    queued = [asyncio.ensure_future(_call(c.app, "/segment?format=png", img, leave)) for _ in range(3)]
-    await asyncio.sleep(0.2)
     batcher = c.app.state.server.models["enet-camvid"].batcher
-    assert batcher.depth == 3
+    running = asyncio.ensure_future(_call(c.app, "/segment?format=png", img, stay))  # runs (blocked by the gate)
+    await _until(lambda: batcher._running, "the first request's batch to start")
+    queued = [asyncio.ensure_future(_call(c.app, "/segment?format=png", img, leave)) for _ in range(3)]
+    await _until(lambda: batcher.depth == 3, "three requests queued behind it")
     leave.set()  # the three queued clients go away
     gone = await asyncio.wait_for(asyncio.gather(*queued), 5)
     assert gone == [[], [], []]  # nothing sent to nobody
@@ -388,7 +396,8 @@ async def test_grace_over_answers_503_to_what_is_left(serve, monkeypatch):
     img = to_png(random_rgb(6, 32, 32))
     try:
         pending = [asyncio.ensure_future(c.post("/segment", content=img)) for _ in range(3)]
-        await asyncio.sleep(0.3)
+        batcher = c.app.state.server.models["enet-camvid"].batcher
+        await _until(lambda: batcher._running and batcher.depth == 2, "one request running, two queued")
         lifecycle = c.app.state.lifecycle
         lifecycle.begin_drain()
         e = _error(await c.get("/health/ready"), 503, "not_ready")
