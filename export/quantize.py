@@ -6,8 +6,9 @@ graph's inside), so it follows the FP32 graph when that changes.
 - Calibration: activation ranges from real training frames where the weights are trained (CamVid
   train for CamVid models, Fashion-MNIST train for Fashion-MNIST models; never the frames the gate
   scores), random images otherwise. Each range is the mean over the frames of each frame's own
-  min/max (onnxruntime's `CalibMovingAverage` over one collection pass), not the extremes over all: with the extremes, ENet trained with random scale and colour jitter
-  lost 0.63 val mIoU to INT8 (the gate allows 0.5), with the average 0.09. Histogram calibration
+  min/max (onnxruntime's `CalibMovingAverage` over one collection pass), not the extremes over all:
+  with the extremes, ENet trained with random scale and colour jitter lost 0.63 val mIoU to INT8 (the
+  gate allows 0.5), with the mean 0.09. Histogram calibration
   (percentile, entropy) keeps every activation of every frame: past 24 GiB at 360x480.
 - Form: QOperator (QLinearConv and friends), per-channel weights, uint8 activations and int8 weights
   (the u8 x s8 products that AVX-512 VNNI / AVX2 kernels take). On the project's AVX-512 VNNI CPU this

@@ -69,6 +69,7 @@ class Bottleneck(nn.Module):
 
 class ResNet(nn.Module):
     conv_bn_pairs = (("conv1", "bn1"),)
+
     def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], num_classes: int = 1000,
                  zero_init_residual: bool = False) -> None:
         super().__init__()
