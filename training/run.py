@@ -17,8 +17,13 @@ from enet_serve.training.common import restore_rng, rng_state
 RESUME_MAY_CHANGE = frozenset({"eval_every", "epochs"})
 
 
+def _as_field(value):
+    """A recipe field as the dataclass holds it: a checkpoint's lists (e.g. crop, scale) back into tuples."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _same(a, b) -> bool:
-    return (tuple(a) if isinstance(a, list) else a) == (tuple(b) if isinstance(b, list) else b)
+    return _as_field(a) == _as_field(b)
 
 
 def check_same_recipe(saved: dict | None, given: dict, path: Path) -> None:
@@ -43,7 +48,7 @@ def resumed_recipe(run_dir: Path, recipe_class):
     if saved is None:
         return None
     fields = {f.name for f in dataclasses.fields(recipe_class)}
-    return recipe_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields})
+    return recipe_class(**{k: _as_field(v) for k, v in saved.items() if k in fields})
 
 
 class TrainingRun:
