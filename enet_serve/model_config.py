@@ -205,8 +205,9 @@ class ModelConfig(_Strict):
     weights: WeightsSpec = Field(default_factory=WeightsSpec, description="what was exported")
     metrics: dict[str, Any] | None = Field(None, description="trained models: scores by split (from the checkpoint)")
     training: dict[str, Any] | None = Field(
-        None, description="trained models: commands, recipe, epochs, time, hardware; `held_out_estimates`: each run "
-                         "of the recipe with a drive held out, scored on that drive; `initialised_from` for fine-tuning")
+        None, description="trained models: commands and the code each ran (`code_versions`, git describe), recipe, "
+                         "epochs, time, hardware; `held_out_estimates`: each run of the recipe with a drive held "
+                         "out, scored on that drive; `initialised_from` for fine-tuning")
     builder_args: dict[str, Any] | None = Field(
         None, description="arguments given to the architecture's builder at export (`--set KEY=VALUE`), if any")
     opset: int | None = Field(None, description="the ONNX opset")

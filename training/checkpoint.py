@@ -24,8 +24,8 @@ def load_checkpoint(path: Path) -> dict:
 
 def ship_weights(run_dir: Path, weights_out: Path, pick: str = "best", held_out_runs: list[Path] = ()) -> dict:
     """Write models/weights/<name>.pth from a run: the state_dict of its best (or last) epoch, its scores
-    and how it was trained (commands, recipe, epochs, wall time, hardware, and for a fine-tuning run
-    the record of the weights it started from); no optimizer state.
+    and how it was trained (commands and the code they ran, recipe, epochs, wall time, hardware, and for a
+    fine-tuning run the record of the weights it started from); no optimizer state.
 
     `held_out_runs`: runs of the recipe with a whole drive held out (`--hold-out-drive`); their
     held-out scores are recorded as the estimate of how the shipped model does on unseen streets."""
@@ -41,15 +41,22 @@ def ship_weights(run_dir: Path, weights_out: Path, pick: str = "best", held_out_
 
 
 def training_record(last: dict, epoch_shipped: int | None = None) -> dict:
-    """How a run was trained, from its last.pt: commands, recipe, epochs (and the one shipped), wall time,
-    hardware, and for a fine-tuning run the record of the weights it started from."""
-    record = {"commands": last.get("commands", []), "recipe": last["recipe"], "epochs": len(last["history"])}
+    """How a run was trained, from its last.pt: commands and the code they ran, recipe, epochs (and the one
+    shipped), wall time, hardware, and for a fine-tuning run the record of the weights it started from."""
+    record = {"commands": last.get("commands", []), "code_versions": code_versions(last), "recipe": last["recipe"],
+              "epochs": len(last["history"])}
     if epoch_shipped is not None:
         record["epoch_shipped"] = epoch_shipped
     record.update(wall_time_s=round(last["wall_time_s"]), hardware=last["hardware"])
     if last.get("init_from"):
         record["initialised_from"] = last["init_from"]
     return record
+
+
+def code_versions(last: dict) -> list[str | None]:
+    """The code each command of a run ran (`git describe`, aligned with its commands; None: not known,
+    as for runs from before it was recorded)."""
+    return last.get("code_versions") or [None] * len(last.get("commands", []))
 
 
 def initialisation_record(path: Path, start: dict) -> dict:
@@ -83,7 +90,8 @@ def held_out_estimate(run_dir: Path) -> dict:
         raise ValueError(f"{run_dir}: not a held-out-drive run (its recipe has no hold_out_drive)")
     best = load_checkpoint(run_dir / "best.pt")
     estimate = {"drive": drive, "run": run_dir.name, "epoch": best["epoch"] + 1, "epochs": len(last["history"]),
-                "recipe": last["recipe"], "held_out": best["metrics"]["held_out"], "val": best["metrics"].get("val")}
+                "recipe": last["recipe"], "code_versions": code_versions(last),
+                "held_out": best["metrics"]["held_out"], "val": best["metrics"].get("val")}
     if last.get("init_from"):  # a fine-tuning run: the estimate is of both steps, so name the first
         start = last["init_from"]
         estimate["initialised_from"] = {"file": start.get("file"), "epoch": start.get("epoch"),

@@ -3,18 +3,31 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 import time
 from pathlib import Path
 
 import torch
 
 from enet_serve.training.checkpoint import load_checkpoint, save_atomic
+from enet_serve.paths import REPO_ROOT
 from enet_serve.training.common import restore_rng, rng_state
 
 
 # What a resumed run may change: when it is scored, and its length (--epochs, said on the command line,
 # which the record keeps, as the history keeps each epoch's learning rate); not what it trains on or how.
 RESUME_MAY_CHANGE = frozenset({"eval_every", "epochs"})
+
+
+def code_version(root: Path = REPO_ROOT) -> str | None:
+    """The code a run (re)starts with: `git describe --always --dirty` of the checkout (a commit, `-dirty`
+    with uncommitted changes), None outside one (an installed wheel, a copy on a GPU machine)."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=root,
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 def _as_field(value):
@@ -74,8 +87,12 @@ class TrainingRun:
         # The weights a fine-tuning run started from, with their own training record (kept on --resume).
         self.init_record = (self._state or {}).get("init_from") or init_record
         self.start_epoch, self.best_score, self.history, self.wall_time_s = 0, float("-inf"), [], 0.0
-        # Every command that (re)started this run, for the record in the shipped weights and config.json.
-        self.commands = (self._state or {}).get("commands", []) + ([command] if command else [])
+        # Every command that (re)started this run, and the code each ran (a record cannot say otherwise
+        # which fixes its run had), for the record in the shipped weights and config.json.
+        earlier = self._state or {}
+        self.commands = earlier.get("commands", []) + ([command] if command else [])
+        self.code_versions = (earlier.get("code_versions") or [None] * len(earlier.get("commands", []))) + (
+            [code_version()] if command else [])
 
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Load the model, optimizer, progress and random generators of last.pt (when resuming)."""
@@ -110,7 +127,7 @@ class TrainingRun:
         self.history.append(entry)
         save_atomic({**common, "optimizer": optimizer.state_dict(), "best_score": self.best_score,
                      "history": self.history, "wall_time_s": self.wall_time_s, **rng_state(),
-                     "commands": self.commands, "init_from": self.init_record,
+                     "commands": self.commands, "code_versions": self.code_versions, "init_from": self.init_record,
                      "hardware": self.hardware,
                      "extra_modules": {name: m.state_dict() for name, m in self.extra_modules.items()}}, self.last_path)
         with open(self.run_dir / "history.jsonl", "a") as f:

@@ -207,3 +207,48 @@ def test_resume_keeps_the_runs_recipe_and_best_pt_says_what_it_trained_on(tmp_pa
     with pytest.raises(ValueError, match="nothing in that file says which drives"):
         train_segmentation(DEFAULT_CAMVID, tmp_path / "ft", held_0006, limit=4, progress=False, device="cpu",
                            init_from=tmp_path / "bare.pt")
+
+
+def test_a_run_records_the_code_each_of_its_commands_ran(tmp_path, monkeypatch):
+    """A record says which code produced it (the README had to say by hand which runs predate a fix):
+    one `git describe` per command that (re)started the run, aligned with the commands, through resume
+    into the shipped weights and the held-out estimate; None where it cannot be known."""
+    import subprocess
+
+    from enet_serve.training import run as run_module
+    from enet_serve.training.checkpoint import held_out_estimate, training_record
+    from enet_serve.training.run import TrainingRun, code_version
+
+    # outside a checkout, nothing is known; in one, the commit, and `-dirty` with uncommitted changes
+    assert code_version(tmp_path) is None
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run(git + ["init", "-q"], check=True)
+    (repo / "f").write_text("1")
+    subprocess.run(git + ["add", "f"], check=True)
+    subprocess.run(git + ["commit", "-qm", "one"], check=True)
+    head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert code_version(repo) == head[:12]
+    (repo / "f").write_text("2")
+    assert code_version(repo) == head[:12] + "-dirty"
+
+    versions = iter(["aaaa", "bbbb-dirty"])
+    monkeypatch.setattr(run_module, "code_version", lambda: next(versions))
+    recipe = SegmentationRecipe(epochs=2, hold_out_drive="0006R0", train_split="train+val")
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    metrics = {"held_out": {"drive": "0006R0", "mIoU": 1.0}}
+    for epoch, command in enumerate(["enet-serve train first", "enet-serve train --resume"]):
+        run = TrainingRun(tmp_path / "run", recipe, 11, resume=epoch > 0, command=command, hardware="cpu")
+        run.restore(model, optimizer)
+        run.end_epoch(model, optimizer, {"epoch": epoch, "held_out": metrics["held_out"]}, 0.0, score=1.0 + epoch,
+                      metrics=metrics)
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["commands"] == ["enet-serve train first", "enet-serve train --resume"]
+    assert last["code_versions"] == ["aaaa", "bbbb-dirty"]
+    assert training_record(last)["code_versions"] == ["aaaa", "bbbb-dirty"]
+    assert held_out_estimate(tmp_path / "run")["code_versions"] == ["aaaa", "bbbb-dirty"]
+    # a run from before code versions were recorded says it does not know, one None per command
+    del last["code_versions"]
+    assert training_record(last)["code_versions"] == [None, None]
