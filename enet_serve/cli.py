@@ -14,7 +14,7 @@ COMMANDS = {
     "serve": ("enet_serve.service.cli", "add_arguments", "run", "serve the model repository over HTTP"),
     "export": ("enet_serve.export.cli", "add_arguments", "run", "export an architecture to ONNX FP32/FP16 into the model repository"),
     "train": ("enet_serve.training.cli", "add_train_arguments", "run_train", "train a shipped model (enet-camvid, lenet5-fashion)"),
-    "eval": ("enet_serve.training.cli", "add_eval_arguments", "run_eval", "score PyTorch, ONNX FP32 and ONNX FP16 side by side"),
+    "eval": ("enet_serve.training.cli", "add_eval_arguments", "run_eval", "score PyTorch and each ONNX file of a model (FP32, FP16, INT8, ...) side by side"),
     "train-kit": ("enet_serve.training.cli", "add_kit_arguments", "run_kit", "pack CamVid for a GPU machine; there, choose ENet's recipe on a held-out drive and train the shipped model in a time budget"),
     "models": ("enet_serve.models.cli", "add_arguments", "run", "list the architectures with their specs"),
     "bench": ("enet_serve.bench.cli", "add_arguments", "run", "benchmarks: raw runtime, service load"),

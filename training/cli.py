@@ -191,7 +191,7 @@ def add_kit_arguments(p: argparse.ArgumentParser) -> None:
     from enet_serve.training.kit import CANDIDATES, DEFAULT_HOLD_OUT
 
     sub = p.add_subparsers(dest="kit_command", required=True, metavar="pack|run")
-    pack = sub.add_parser("pack", help="pack CamVid train+val into one tar a GPU machine can carry (about 27 MB)")
+    pack = sub.add_parser("pack", help="pack CamVid train+val into one tar a GPU machine can carry (about 37 MB)")
     pack.add_argument("--data", type=Path, help="CamVid directory (default: ../shared/datasets/camvid)")
     pack.add_argument("--out", type=Path, default=DEFAULT_PACK, help=f"the pack (default: {DEFAULT_PACK.relative_to(REPO_ROOT)})")
     pack.add_argument("--splits", default="train+val", help="the splits to pack, joined by + (default: train+val)")

