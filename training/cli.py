@@ -66,9 +66,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or RUNS_DIR / args.recipe
-    # a held-out-drive run measures a recipe: it never replaces the shipped weights unless told to
-    held_out_run = args.hold_out_drive and not args.ship_only
-    weights_out = args.weights_out or (run_dir / "best.pth" if held_out_run else WEIGHTS_DIR / f"{args.recipe}.pth")
+    weights_out = _weights_out(args, run_dir, hold_out_drive=None)
     if args.save_estimate:
         from enet_serve.training.checkpoint import save_held_out_estimate
 
@@ -125,6 +123,7 @@ def _train(args: argparse.Namespace) -> int:
             recipe.encoder_epochs = args.encoder_epochs
         if args.eval_every:
             recipe.eval_every = args.eval_every
+        weights_out = _weights_out(args, run_dir, recipe.hold_out_drive)
         entry = train_segmentation(args.data or DEFAULT_CAMVID, run_dir, recipe, resume=args.resume,
                                    device=args.device, threads=args.threads, weights_out=weights_out, progress=not args.no_progress,
                                    command=_command_line(), init_from=args.init_from, workers=args.workers)
@@ -144,6 +143,15 @@ def _train(args: argparse.Namespace) -> int:
                                      command=_command_line())
     print(f"{args.recipe}: epoch {entry.get('epoch')} done; weights in {weights_out}")
     return 0
+
+
+def _weights_out(args: argparse.Namespace, run_dir: Path, hold_out_drive: str | None) -> Path:
+    """Where a run writes its weights: --weights-out, else a run holding out a drive (`hold_out_drive`: the
+    recipe's, which --resume takes from the run, so the command need not name it) writes into its run
+    directory, since it measures a recipe and never replaces the shipped weights; else the shipped weights."""
+    if args.weights_out:
+        return args.weights_out
+    return run_dir / "best.pth" if hold_out_drive else WEIGHTS_DIR / f"{args.recipe}.pth"
 
 
 def _command_line() -> str:

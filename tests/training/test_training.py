@@ -181,7 +181,7 @@ def test_rng_state_round_trips_every_generator_cuda_included(monkeypatch):
 
 
 @needs_camvid
-def test_resume_keeps_the_runs_recipe_and_best_pt_says_what_it_trained_on(tmp_path, capsys):
+def test_resume_keeps_the_runs_recipe_and_best_pt_says_what_it_trained_on(tmp_path, capsys, monkeypatch):
     from enet_serve.training.run import resumed_recipe
 
     torch.set_num_threads(2)
@@ -197,6 +197,15 @@ def test_resume_keeps_the_runs_recipe_and_best_pt_says_what_it_trained_on(tmp_pa
                            resume=True, limit=4, progress=False, device="cpu")
     assert main(["train", "enet-camvid", "--resume", "--run-dir", str(run), "--jitter", "0.3", "--no-progress"]) == 2
     assert "jitter 0.2 -> 0.3" in capsys.readouterr().out
+    # resumed without naming its drive, a held-out run still writes its weights into its run directory,
+    # never over the shipped ones (it once did: the default was taken from the command, not the run)
+    from enet_serve.training import segmentation
+
+    written = {}
+    monkeypatch.setattr(segmentation, "train_segmentation",
+                        lambda data, run_dir, recipe, **kw: written.update(kw, recipe=recipe) or {"epoch": 2})
+    assert main(["train", "enet-camvid", "--resume", "--run-dir", str(run), "--epochs", "3", "--no-progress"]) == 0
+    assert written["recipe"].hold_out_drive == "0001TP" and written["weights_out"] == run / "best.pth"
     # best.pt records the recipe: a fine-tune holding out a drive its weights trained on is refused, as from last.pt
     held_0006 = dataclasses.replace(recipe, hold_out_drive="0006R0", epochs=1)
     with pytest.raises(ValueError, match="trained on drive 0006R0 \\(held out 0001TP only\\)"):
