@@ -90,7 +90,7 @@ def held_out_estimate(run_dir: Path) -> dict:
         raise ValueError(f"{run_dir}: not a held-out-drive run (its recipe has no hold_out_drive)")
     best = load_checkpoint(run_dir / "best.pt")
     estimate = {"drive": drive, "run": run_dir.name, "epoch": best["epoch"] + 1, "epochs": len(last["history"]),
-                "recipe": last["recipe"], "code_versions": code_versions(last),
+                "recipe": last["recipe"], "commands": last.get("commands", []), "code_versions": code_versions(last),
                 "held_out": best["metrics"]["held_out"], "val": best["metrics"].get("val")}
     if last.get("init_from"):  # a fine-tuning run: the estimate is of both steps, so name the first
         start = last["init_from"]

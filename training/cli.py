@@ -66,7 +66,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or RUNS_DIR / args.recipe
-    weights_out = _weights_out(args, run_dir, hold_out_drive=None)
     if args.save_estimate:
         from enet_serve.training.checkpoint import save_held_out_estimate
 
@@ -80,6 +79,7 @@ def _train(args: argparse.Namespace) -> int:
 
         # the best epoch where the run picked one on data it did not train on, else its last
         pick = "best" if args.recipe == "enet-camvid" and (run_dir / "best.pt").is_file() else "last"
+        weights_out = _weights_out(args, run_dir, _hold_out_drive_of_run(run_dir))
         shipped = ship_weights(run_dir, weights_out, pick=pick, held_out_runs=args.held_out_run)
         if args.score_on:
             from enet_serve.training.rescore import rescore_shipped
@@ -138,6 +138,7 @@ def _train(args: argparse.Namespace) -> int:
             recipe.epochs = args.epochs
         if args.lr:
             recipe.lr = args.lr
+        weights_out = _weights_out(args, run_dir, hold_out_drive=None)
         entry = train_classification(args.data or DEFAULT_FASHION_MNIST, run_dir, recipe, resume=args.resume,
                                      device=args.device, threads=args.threads, weights_out=weights_out, progress=not args.no_progress,
                                      command=_command_line())
@@ -147,11 +148,20 @@ def _train(args: argparse.Namespace) -> int:
 
 def _weights_out(args: argparse.Namespace, run_dir: Path, hold_out_drive: str | None) -> Path:
     """Where a run writes its weights: --weights-out, else a run holding out a drive (`hold_out_drive`: the
-    recipe's, which --resume takes from the run, so the command need not name it) writes into its run
-    directory, since it measures a recipe and never replaces the shipped weights; else the shipped weights."""
+    recipe's, which --resume and --ship-only take from the run, so the command need not name it) writes into
+    its run directory, since it measures a recipe and never replaces the shipped weights; else the shipped
+    weights."""
     if args.weights_out:
         return args.weights_out
     return run_dir / "best.pth" if hold_out_drive else WEIGHTS_DIR / f"{args.recipe}.pth"
+
+
+def _hold_out_drive_of_run(run_dir: Path) -> str | None:
+    """The drive the run in `run_dir` held out (from its last.pt's recipe); None where it held out none."""
+    from enet_serve.training.checkpoint import load_checkpoint
+
+    path = run_dir / "last.pt"
+    return (load_checkpoint(path).get("recipe") or {}).get("hold_out_drive") if path.is_file() else None
 
 
 def _command_line() -> str:

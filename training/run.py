@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
 
 import torch
 
-from enet_serve.training.checkpoint import load_checkpoint, save_atomic
+from enet_serve.training.checkpoint import code_versions, load_checkpoint, save_atomic
 from enet_serve.paths import REPO_ROOT
 from enet_serve.training.common import restore_rng, rng_state
 
@@ -17,17 +18,28 @@ from enet_serve.training.common import restore_rng, rng_state
 # What a resumed run may change: when it is scored, and its length (--epochs, said on the command line,
 # which the record keeps, as the history keeps each epoch's learning rate); not what it trains on or how.
 RESUME_MAY_CHANGE = frozenset({"eval_every", "epochs"})
+CODE_VERSION_ENV = "ENET_SERVE_CODE_VERSION"
 
 
 def code_version(root: Path = REPO_ROOT) -> str | None:
-    """The code a run (re)starts with: `git describe --always --dirty` of the checkout (a commit, `-dirty`
-    with uncommitted changes), None outside one (an installed wheel, a copy on a GPU machine)."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=root,
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
+    """The code a run (re)starts with: `git describe --always --dirty` of the checkout at `root` (a commit,
+    `-dirty` with changes to tracked files), or CODE_VERSION_ENV where set (a copy on a GPU machine has
+    no .git: its command says which commit it is); None otherwise (an installed wheel, a bare copy)."""
+    if os.environ.get(CODE_VERSION_ENV):
+        return os.environ[CODE_VERSION_ENV]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+    # a wheel in a virtualenv inside some other checkout must not report that checkout's commit
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != Path(root).resolve():
         return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
+    return git("describe", "--always", "--dirty", "--abbrev=12")
 
 
 def _as_field(value):
@@ -89,10 +101,9 @@ class TrainingRun:
         self.start_epoch, self.best_score, self.history, self.wall_time_s = 0, float("-inf"), [], 0.0
         # Every command that (re)started this run, and the code each ran (a record cannot say otherwise
         # which fixes its run had), for the record in the shipped weights and config.json.
-        earlier = self._state or {}
-        self.commands = earlier.get("commands", []) + ([command] if command else [])
-        self.code_versions = (earlier.get("code_versions") or [None] * len(earlier.get("commands", []))) + (
-            [code_version()] if command else [])
+        resumed = self._state or {}
+        self.commands = resumed.get("commands", []) + ([command] if command else [])
+        self.code_versions = code_versions(resumed) + ([code_version()] if command else [])
 
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Load the model, optimizer, progress and random generators of last.pt (when resuming)."""

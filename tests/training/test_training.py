@@ -1,6 +1,7 @@
 """A few real training steps on a tiny subset: the loss goes down and --resume continues."""
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -181,7 +182,7 @@ def test_rng_state_round_trips_every_generator_cuda_included(monkeypatch):
 
 
 @needs_camvid
-def test_resume_keeps_the_runs_recipe_and_best_pt_says_what_it_trained_on(tmp_path, capsys, monkeypatch):
+def test_resume_keeps_the_runs_recipe_and_best_pt_says_what_it_trained_on(tmp_path, capsys):
     from enet_serve.training.run import resumed_recipe
 
     torch.set_num_threads(2)
@@ -197,15 +198,6 @@ def test_resume_keeps_the_runs_recipe_and_best_pt_says_what_it_trained_on(tmp_pa
                            resume=True, limit=4, progress=False, device="cpu")
     assert main(["train", "enet-camvid", "--resume", "--run-dir", str(run), "--jitter", "0.3", "--no-progress"]) == 2
     assert "jitter 0.2 -> 0.3" in capsys.readouterr().out
-    # resumed without naming its drive, a held-out run still writes its weights into its run directory,
-    # never over the shipped ones (it once did: the default was taken from the command, not the run)
-    from enet_serve.training import segmentation
-
-    written = {}
-    monkeypatch.setattr(segmentation, "train_segmentation",
-                        lambda data, run_dir, recipe, **kw: written.update(kw, recipe=recipe) or {"epoch": 2})
-    assert main(["train", "enet-camvid", "--resume", "--run-dir", str(run), "--epochs", "3", "--no-progress"]) == 0
-    assert written["recipe"].hold_out_drive == "0001TP" and written["weights_out"] == run / "best.pth"
     # best.pt records the recipe: a fine-tune holding out a drive its weights trained on is refused, as from last.pt
     held_0006 = dataclasses.replace(recipe, hold_out_drive="0006R0", epochs=1)
     with pytest.raises(ValueError, match="trained on drive 0006R0 \\(held out 0001TP only\\)"):
@@ -218,6 +210,22 @@ def test_resume_keeps_the_runs_recipe_and_best_pt_says_what_it_trained_on(tmp_pa
                            init_from=tmp_path / "bare.pt")
 
 
+def _tiny_run(run_dir, recipe, commands, score=1.0):
+    """A run of a one-layer model, one epoch per command (TrainingRun's records without any data)."""
+    from enet_serve.training.run import TrainingRun
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    metrics = {"held_out": {"drive": recipe.hold_out_drive, "mIoU": score}} if recipe.hold_out_drive else None
+    for command in commands:
+        run = TrainingRun(run_dir, recipe, 11, resume=(run_dir / "last.pt").is_file(), command=command, hardware="cpu")
+        run.restore(model, optimizer)
+        epoch = len(run.history)
+        run.end_epoch(model, optimizer, {"epoch": epoch, **(metrics or {})}, 0.0,
+                      score=score + epoch if metrics else None, metrics=metrics)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="no git")
 def test_a_run_records_the_code_each_of_its_commands_ran(tmp_path, monkeypatch):
     """A record says which code produced it (the README had to say by hand which runs predate a fix):
     one `git describe` per command that (re)started the run, aligned with the commands, through resume
@@ -226,12 +234,13 @@ def test_a_run_records_the_code_each_of_its_commands_ran(tmp_path, monkeypatch):
 
     from enet_serve.training import run as run_module
     from enet_serve.training.checkpoint import held_out_estimate, training_record
-    from enet_serve.training.run import TrainingRun, code_version
+    from enet_serve.training.run import CODE_VERSION_ENV, code_version
 
+    monkeypatch.delenv(CODE_VERSION_ENV, raising=False)
     # outside a checkout, nothing is known; in one, the commit, and `-dirty` with uncommitted changes
     assert code_version(tmp_path) is None
     repo = tmp_path / "repo"
-    repo.mkdir()
+    (repo / "inner").mkdir(parents=True)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
     subprocess.run(git + ["init", "-q"], check=True)
     (repo / "f").write_text("1")
@@ -241,23 +250,51 @@ def test_a_run_records_the_code_each_of_its_commands_ran(tmp_path, monkeypatch):
     assert code_version(repo) == head[:12]
     (repo / "f").write_text("2")
     assert code_version(repo) == head[:12] + "-dirty"
+    # code installed inside another checkout (a virtualenv in it) is not that checkout's commit
+    assert code_version(repo / "inner") is None
+    # a copy without .git (a GPU machine) is told its commit by the command's environment
+    monkeypatch.setenv(CODE_VERSION_ENV, "abc123")
+    assert code_version(tmp_path) == "abc123"
 
-    versions = iter(["aaaa", "bbbb-dirty"])
+    versions = iter(["aaaa", "bbbb-dirty", "cccc"])
     monkeypatch.setattr(run_module, "code_version", lambda: next(versions))
-    recipe = SegmentationRecipe(epochs=2, hold_out_drive="0006R0", train_split="train+val")
-    model = torch.nn.Linear(2, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    metrics = {"held_out": {"drive": "0006R0", "mIoU": 1.0}}
-    for epoch, command in enumerate(["enet-serve train first", "enet-serve train --resume"]):
-        run = TrainingRun(tmp_path / "run", recipe, 11, resume=epoch > 0, command=command, hardware="cpu")
-        run.restore(model, optimizer)
-        run.end_epoch(model, optimizer, {"epoch": epoch, "held_out": metrics["held_out"]}, 0.0, score=1.0 + epoch,
-                      metrics=metrics)
+    recipe = SegmentationRecipe(epochs=3, hold_out_drive="0006R0", train_split="train+val")
+    _tiny_run(tmp_path / "run", recipe, ["enet-serve train first", "enet-serve train --resume"])
     last = load_checkpoint(tmp_path / "run" / "last.pt")
     assert last["commands"] == ["enet-serve train first", "enet-serve train --resume"]
     assert last["code_versions"] == ["aaaa", "bbbb-dirty"]
     assert training_record(last)["code_versions"] == ["aaaa", "bbbb-dirty"]
-    assert held_out_estimate(tmp_path / "run")["code_versions"] == ["aaaa", "bbbb-dirty"]
-    # a run from before code versions were recorded says it does not know, one None per command
+    estimate = held_out_estimate(tmp_path / "run")
+    assert estimate["commands"] == last["commands"] and estimate["code_versions"] == ["aaaa", "bbbb-dirty"]
+    # a run from before code versions were recorded says it does not know, one None per command,
+    # and resumed, its new command's version follows them
     del last["code_versions"]
+    torch.save(last, tmp_path / "run" / "last.pt")
     assert training_record(last)["code_versions"] == [None, None]
+    _tiny_run(tmp_path / "run", recipe, ["enet-serve train --resume again"])
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["code_versions"] == [None, None, "cccc"]
+
+
+def test_a_held_out_run_never_writes_the_shipped_weights_by_default(tmp_path, monkeypatch):
+    """A held-out-drive run measures a recipe: resumed or shipped (--ship-only) without naming its drive
+    again, it writes into its run directory, not over models/weights/ (a resumed one once did: the default
+    followed the command, not the run); a run of all the data ships there."""
+    from enet_serve.training import cli as training_cli
+    from enet_serve.training import segmentation
+
+    monkeypatch.setattr(training_cli, "WEIGHTS_DIR", tmp_path / "weights")
+    held, full = tmp_path / "held", tmp_path / "full"
+    _tiny_run(held, SegmentationRecipe(epochs=3, hold_out_drive="0001TP", train_split="train+val"), ["first"])
+    _tiny_run(full, SegmentationRecipe(epochs=3, train_split="train+val"), ["first"])
+    written = {}
+    monkeypatch.setattr(segmentation, "train_segmentation",
+                        lambda data, run_dir, recipe, **kw: written.update(kw, recipe=recipe) or {"epoch": 2})
+    assert main(["train", "enet-camvid", "--resume", "--run-dir", str(held), "--no-progress"]) == 0
+    assert written["recipe"].hold_out_drive == "0001TP" and written["weights_out"] == held / "best.pth"
+    assert main(["train", "enet-camvid", "--resume", "--run-dir", str(full), "--no-progress"]) == 0
+    assert written["weights_out"] == tmp_path / "weights" / "enet-camvid.pth"
+
+    assert main(["train", "enet-camvid", "--ship-only", "--run-dir", str(held)]) == 0
+    assert (held / "best.pth").is_file() and not (tmp_path / "weights").exists()
+    assert main(["train", "enet-camvid", "--ship-only", "--run-dir", str(full)]) == 0
+    assert (tmp_path / "weights" / "enet-camvid.pth").is_file()
