@@ -15,6 +15,7 @@ from enet_serve.models.labels import load_labels
 from enet_serve.training.checkpoint import load_checkpoint, save_atomic
 from enet_serve.training.common import Normalize, torch_predictor
 from enet_serve.training.datasets import CamVid
+from enet_serve.training.run import code_version
 from enet_serve.training.segmentation import evaluate_segmentation
 
 
@@ -48,6 +49,7 @@ def rescore_shipped(weights: Path, data: Path, held_out_runs: list[Path] = ()) -
                 continue
             target["held_out"] = {**score(state, "train+val", drive), "drive": estimate["drive"]}
             target["val"] = score(state, "val")
-    shipped["training"]["scored_on"] = str(data)
+    # which frames and which code took these scores (a run's code_versions say which trained it)
+    shipped["training"].update(scored_on=str(data), scored_with=code_version())
     save_atomic(shipped, weights)
     return shipped

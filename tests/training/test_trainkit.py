@@ -263,6 +263,9 @@ def test_gpu_kit_end_to_end_on_cpu(camvid_pack, tmp_path):
                  "--score-on", str(source)]) == 0
     rescored = torch.load(tmp_path / "w.pth", weights_only=False)
     assert rescored["training"]["scored_on"] == str(source)
+    from enet_serve.training.run import code_version
+
+    assert rescored["training"]["scored_with"] == code_version()  # this checkout's, or None outside one
     from enet_serve.training.common import Normalize, torch_predictor
     from enet_serve.training.segmentation import evaluate_segmentation
 
