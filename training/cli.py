@@ -28,7 +28,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-epochs", type=int, help="enet-camvid: ENet's two-stage schedule: train the encoder alone "
                    "on 1/8-size labels for this many first epochs, then the whole network (default: 0, one stage)")
     p.add_argument("--workers", type=int, default=0, help="augment in this many DataLoader processes (for a GPU)")
-    p.add_argument("--eval-every", type=int, help="enet-camvid: score every N epochs (and every full-frame epoch; default: the recipe's)")
+    p.add_argument("--eval-every", type=int, help="enet-camvid: score every N epochs and the last (and every full-frame epoch of a run that picks its epoch on unseen frames; default: the recipe's)")
     p.add_argument("--hold-out-drive", metavar="DRIVE",
                    help="enet-camvid: leave this drive (e.g. 0006R0) out of the training splits and pick the epoch on it")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")

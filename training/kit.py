@@ -182,7 +182,7 @@ class Timing:
         """Predicted seconds of a whole run (the encoder stage counted as whole-network epochs: it is cheaper)."""
         full = recipe.full_epochs
         crop = recipe.epochs - full
-        evaluated = full + len([e for e in range(crop) if (e + 1) % recipe.eval_every == 0 and e >= recipe.encoder_epochs])
+        evaluated = sum(map(recipe.scores, range(recipe.epochs)))
         return self.setup_s + crop * self.crop_s + full * self.full_s + evaluated * self.eval_s
 
 

@@ -62,6 +62,23 @@ class SegmentationRecipe:
     # to its 1/8 output (not scored: the decoder is untrained), the rest the whole network.
     encoder_epochs: int = 0
 
+    @property
+    def select(self) -> str | None:
+        """The split that picks the epoch to ship, never one trained on: the held-out drive, else val when
+        only train was trained on; None for a fixed schedule (its last epoch ships)."""
+        if self.hold_out_drive:
+            return "held_out"
+        return "val" if "val" not in self.train_split.split("+") else None
+
+    def scores(self, epoch: int) -> bool:
+        """Whether `epoch` (from 0) is scored: every eval_every-th and the last, none of the encoder stage, and
+        every whole-frame epoch of a run that picks its epoch (the best of them may ship; a fixed schedule's
+        scores there would only be history)."""
+        if epoch < self.encoder_epochs:
+            return False
+        full = epoch >= self.epochs - self.full_epochs
+        return (epoch + 1) % self.eval_every == 0 or epoch == self.epochs - 1 or (full and self.select is not None)
+
 
 def evaluate_segmentation(predict, dataset: CamVid, batch_size: int = 4, progress: bool = False) -> ConfusionMatrix:
     """Confusion matrix of `predict(uint8 NCHW) -> int NHW` over `dataset` (no augmentation)."""
@@ -116,8 +133,7 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
     scored = {"val": CamVid(data, "val", limit=limit, exclude_drives=held_out)}
     if held_out:
         scored["held_out"] = CamVid(data, recipe.train_split, limit=limit, drives=held_out)
-    # the split that picks the epoch to ship: never one that was trained on
-    select = "held_out" if held_out else ("val" if "val" not in recipe.train_split.split("+") else None)
+    select = recipe.select
     class_weights = enet_class_weights(train_set.class_frequencies()).float().to(dev)
     # One optimizer for both stages: Adam skips the parameters a stage leaves without gradients.
     params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
@@ -144,7 +160,7 @@ def train_segmentation(data: Path, run_dir: Path, recipe: SegmentationRecipe, re
         full = epoch >= recipe.epochs - recipe.full_epochs
         crop = tuple(train_set.images[0].shape[-2:]) if full else tuple(recipe.crop)
         encoder_stage = epoch < recipe.encoder_epochs
-        scoring = not encoder_stage and ((epoch + 1) % recipe.eval_every == 0 or full or epoch == recipe.epochs - 1)
+        scoring = recipe.scores(epoch)
         if stop_at is not None and last_epoch is not None and \
                 t0 + last_epoch[0] * max(1.0, crop[0] * crop[1] / last_epoch[1]) + scoring * last_eval_s > stop_at:
             print(f"{run_dir}: stopped before epoch {epoch + 1} of {recipe.epochs} (time is up); --resume continues")

@@ -298,3 +298,21 @@ def test_a_held_out_run_never_writes_the_shipped_weights_by_default(tmp_path, mo
     assert (held / "best.pth").is_file() and not (tmp_path / "weights").exists()
     assert main(["train", "enet-camvid", "--ship-only", "--run-dir", str(full)]) == 0
     assert (tmp_path / "weights" / "enet-camvid.pth").is_file()
+
+
+def test_which_epochs_are_scored():
+    """Every eval_every-th epoch and the last; the whole-frame epochs too where the run picks its epoch
+    on frames it never trained on (the best may ship), not in a fixed schedule (train+val), whose scores
+    there would only cost time; never the encoder stage's. The GPU kit plans its budget with the same rule."""
+    from enet_serve.training.kit import Timing
+
+    def scored(**fields):
+        recipe = SegmentationRecipe(epochs=12, full_epochs=4, eval_every=5, **fields)
+        return [e + 1 for e in range(recipe.epochs) if recipe.scores(e)], recipe
+
+    assert scored(train_split="train+val")[0] == [5, 10, 12]
+    assert scored(train_split="train+val", hold_out_drive="0006R0")[0] == [5, 9, 10, 11, 12]
+    assert scored(train_split="train")[0] == [5, 9, 10, 11, 12]  # val is unseen: it picks the epoch
+    assert scored(train_split="train+val", encoder_epochs=6)[0] == [10, 12]
+    recipe = scored(train_split="train+val")[1]
+    assert Timing(crop_s=1.0, full_s=4.0, eval_s=100.0, setup_s=0.0).cost(recipe) == 8 * 1.0 + 4 * 4.0 + 3 * 100.0
