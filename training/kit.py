@@ -303,8 +303,8 @@ def _run_result(run: PlannedRun) -> dict:
               "epochs_done": len(history), "completed": len(history) == run.recipe.epochs,
               "train_wall_s": round(wall_time, 1), "recipe": dataclasses.asdict(run.recipe)}
     scored = [h for h in history if "val" in h]
-    if scored:
-        result["val_last"] = scored[-1]["val"]["mIoU"]
+    if scored:  # a fixed schedule cut short may end on an unscored epoch: say which epoch this is
+        result.update(val_last=scored[-1]["val"]["mIoU"], val_last_epoch=scored[-1]["epoch"] + 1)
     if run.held_out and scored:
         best = max(scored, key=lambda h: h["held_out"]["mIoU"])
         result.update(held_out_last=scored[-1]["held_out"]["mIoU"], held_out_last_epoch=scored[-1]["epoch"] + 1,
@@ -339,7 +339,8 @@ def _choose_and_ship(runs: list[PlannedRun], summary: dict, out: Path) -> None:
     shipped = ship_weights(final.run_dir, out / "enet-camvid.pth", pick="last", held_out_runs=[r.run_dir for r in held_out])
     summary.update(winner=winner, final_run=final.name, held_out_runs=[r.name for r in held_out],
                    shipped={"file": "enet-camvid.pth", "epochs": shipped["training"]["epochs"],
-                            "completed": results[final.name]["completed"], "val_mIoU_trained_on": results[final.name].get("val_last")})
+                            "completed": results[final.name]["completed"], "val_mIoU_trained_on": results[final.name].get("val_last"),
+                            "val_epoch": results[final.name].get("val_last_epoch")})
     for run in (final, *held_out):
         _tar_run(run.run_dir, out / f"run-{run.name}.tar")
     summary["files"] = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "summary.json")

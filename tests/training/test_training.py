@@ -316,3 +316,17 @@ def test_which_epochs_are_scored():
     assert scored(train_split="train+val", encoder_epochs=6)[0] == [10, 12]
     recipe = scored(train_split="train+val")[1]
     assert Timing(crop_s=1.0, full_s=4.0, eval_s=100.0, setup_s=0.0).cost(recipe) == 8 * 1.0 + 4 * 4.0 + 3 * 100.0
+
+
+@needs_camvid
+def test_a_fixed_schedule_scores_its_last_epoch_only_where_nothing_picks(tmp_path):
+    """The training loop follows the recipe's rule: a train+val run scores no whole-frame epoch but its last,
+    a held-out run every one of them (it ships the best)."""
+    torch.set_num_threads(2)
+    for name, drive in (("all", None), ("held", "0006R0")):
+        recipe = SegmentationRecipe(epochs=3, full_epochs=2, crop=(96, 128), batch_size=4, eval_every=5,
+                                    train_split="train+val", hold_out_drive=drive)
+        train_segmentation(DEFAULT_CAMVID, tmp_path / name, recipe, limit=4, progress=False, device="cpu")
+    scored = {name: ["val" in json.loads(line) for line in (tmp_path / name / "history.jsonl").read_text().splitlines()]
+              for name in ("all", "held")}
+    assert scored == {"all": [False, False, True], "held": [False, True, True]}

@@ -224,6 +224,7 @@ def test_gpu_kit_end_to_end_on_cpu(camvid_pack, tmp_path):
     assert summary["epochs"] == 2 and summary["wall_s"] < 150
     assert set(summary["probe"]) == set(summary["runs"]) and len(summary["runs"]) == 4
     assert all(r["completed"] for r in summary["runs"].values())
+    assert summary["shipped"]["val_epoch"] == 2  # the epoch val_mIoU_trained_on was taken at: the last
     winner = summary["winner"]
     assert winner in ("crops-lovasz", "scale-jitter-two-stage")
     assert summary["scores"][winner]["held_out_last"] == summary["runs"][f"{winner}--without-0006R0"]["held_out_last"]
