@@ -79,7 +79,9 @@ def _train(args: argparse.Namespace) -> int:
 
         # the best epoch where the run picked one on data it did not train on, else its last
         pick = "best" if args.recipe == "enet-camvid" and (run_dir / "best.pt").is_file() else "last"
-        weights_out = _weights_out(args, run_dir, _hold_out_drive_of_run(run_dir))
+        from enet_serve.training.run import saved_recipe
+
+        weights_out = _weights_out(args, run_dir, (saved_recipe(run_dir) or {}).get("hold_out_drive"))
         shipped = ship_weights(run_dir, weights_out, pick=pick, held_out_runs=args.held_out_run)
         if args.score_on:
             from enet_serve.training.rescore import rescore_shipped
@@ -154,14 +156,6 @@ def _weights_out(args: argparse.Namespace, run_dir: Path, hold_out_drive: str | 
     if args.weights_out:
         return args.weights_out
     return run_dir / "best.pth" if hold_out_drive else WEIGHTS_DIR / f"{args.recipe}.pth"
-
-
-def _hold_out_drive_of_run(run_dir: Path) -> str | None:
-    """The drive the run in `run_dir` held out (from its last.pt's recipe); None where it held out none."""
-    from enet_serve.training.checkpoint import load_checkpoint
-
-    path = run_dir / "last.pt"
-    return (load_checkpoint(path).get("recipe") or {}).get("hold_out_drive") if path.is_file() else None
 
 
 def _command_line() -> str:

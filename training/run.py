@@ -64,12 +64,15 @@ def check_same_recipe(saved: dict | None, given: dict, path: Path) -> None:
                          f"{'; '.join(differ)} (leave those options out, or start another --run-dir)")
 
 
+def saved_recipe(run_dir: Path) -> dict | None:
+    """The recipe in the run's last.pt, as saved; None where there is no run or no recipe."""
+    path = run_dir / "last.pt"
+    return load_checkpoint(path).get("recipe") if path.is_file() else None
+
+
 def resumed_recipe(run_dir: Path, recipe_class):
     """The recipe of the run in `run_dir` (from its last.pt), as `recipe_class`; None where there is none."""
-    path = run_dir / "last.pt"
-    if not path.is_file():
-        return None
-    saved = load_checkpoint(path).get("recipe")
+    saved = saved_recipe(run_dir)
     if saved is None:
         return None
     fields = {f.name for f in dataclasses.fields(recipe_class)}
