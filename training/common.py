@@ -25,7 +25,8 @@ def pick_device(requested: str = "auto", threads: int | None = None) -> torch.de
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU {_cpu_model()}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"CPU {_cpu_model()}, {threads} thread{'' if threads == 1 else 's'}"
 
 
 def _cpu_model() -> str:
