@@ -76,11 +76,10 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     if args.ship_only:
         from enet_serve.training.checkpoint import ship_weights
+        from enet_serve.training.run import saved_recipe
 
         # the best epoch where the run picked one on data it did not train on, else its last
         pick = "best" if args.recipe == "enet-camvid" and (run_dir / "best.pt").is_file() else "last"
-        from enet_serve.training.run import saved_recipe
-
         weights_out = _weights_out(args, run_dir, (saved_recipe(run_dir) or {}).get("hold_out_drive"))
         shipped = ship_weights(run_dir, weights_out, pick=pick, held_out_runs=args.held_out_run)
         if args.score_on:
